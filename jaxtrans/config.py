@@ -1,0 +1,101 @@
+"""Run configs: ``ml_collections`` files under ``configs/``, chosen with ``--config path.py[:variant]``.
+
+absl's ``config_flags`` does the parsing and the ``--config.a.b=value``
+overrides. Its own messages for the common mistakes (a missing file, a key that
+does not exist) are a traceback or an opaque object, so :func:`precheck` looks
+at the command line first and raises one clear :class:`JaxtransError`; after
+parsing, :func:`validate` checks values (enums, paths) before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ml_collections import config_dict
+
+from jaxtrans.errors import JaxtransError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def model_defaults() -> config_dict.ConfigDict:
+    """Keys every run config has under ``model``."""
+    return config_dict.ConfigDict(
+        {
+            "path": "embedded:smollm2",  # HF dir, .gguf file, hub name, or embedded:smollm2
+            "dtype": "float32",  # compute dtype
+            "param_dtype": "float32",  # storage dtype of the frozen base
+            "remat": "none",  # none | full | save_dots
+        }
+    )
+
+
+def mesh_defaults() -> config_dict.ConfigDict:
+    """Mesh sizes over (data, fsdp, tensor); one may be -1 to take the remaining devices."""
+    return config_dict.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+
+def load_file(spec: str) -> config_dict.ConfigDict:
+    """Load ``path.py[:variant]`` by calling its ``get_config(variant)``."""
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise JaxtransError(f"config file {path} does not exist (use --config configs/thai.py or another file)")
+    module_spec = importlib.util.spec_from_file_location("jaxtrans_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise JaxtransError(f"config file {path} defines no get_config(variant) function")
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def _config_arg(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _check_key(cfg: config_dict.ConfigDict, dotted: str) -> None:
+    node: Any = cfg
+    walked = []
+    for part in dotted.split("."):
+        keys = list(node.keys()) if isinstance(node, (config_dict.ConfigDict, dict)) else []
+        if part not in keys:
+            where = ".".join(walked) or "the config"
+            close = difflib.get_close_matches(part, keys, n=1)
+            hint = f"; did you mean {'.'.join(walked + close)}?" if close else f"; keys of {where}: {', '.join(keys)}"
+            raise JaxtransError(f"config key {dotted!r} does not exist{hint}")
+        node = node[part]
+        walked.append(part)
+
+
+def precheck(argv: Sequence[str]) -> None:
+    """Fail fast, with one line, on a missing/broken config file or an override of an unknown key."""
+    spec = _config_arg(argv)
+    if spec is None:
+        raise JaxtransError("no --config given; run e.g. python -m jaxtrans.main --config configs/thai.py")
+    cfg = load_file(spec)
+    for arg in argv:
+        if arg.startswith("--config.") and not arg.startswith("--config.="):
+            key = arg[len("--config.") :].split("=", 1)[0]
+            _check_key(cfg, key)
+
+
+def validate(cfg: config_dict.ConfigDict) -> None:
+    """Value checks that do not need the model: enums and numbers. Paths are checked when resolved."""
+    m = cfg.model
+    for key in ("dtype", "param_dtype"):
+        if m[key] not in DTYPES:
+            raise JaxtransError(f"model.{key}={m[key]!r} is not one of {', '.join(DTYPES)}")
+    if m.remat not in ("none", "full", "save_dots"):
+        raise JaxtransError(f"model.remat={m.remat!r} is not one of none, full, save_dots")
+    for axis in ("data", "fsdp", "tensor"):
+        size = cfg.mesh[axis]
+        if size == 0 or size < -1:
+            raise JaxtransError(f"mesh.{axis}={size}: mesh sizes are positive, or -1 for 'the remaining devices'")

@@ -1,0 +1,40 @@
+"""Chat prompts as token ids: the tokenizer's own chat template, with a Llama-2 ``[INST]`` fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of a conversation under the model's chat template."""
+    if getattr(tokenizer, "chat_template", None):
+        return list(
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+            )
+        )
+    # Llama-2 chat format, for tokenizers saved without a template
+    text = ""
+    for i in range(0, len(messages), 2):
+        user = messages[i]["content"]
+        text += f"{tokenizer.bos_token or ''}[INST] {user.strip()} [/INST]"
+        if i + 1 < len(messages):
+            text += f" {messages[i + 1]['content'].strip()} {tokenizer.eos_token or ''}"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """EOS plus the end-of-turn tokens chat templates use."""
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def chat_ids(tokenizer: Any, questions: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+    """Single-turn prompts for ``questions`` and the stop ids to end the answers."""
+    prompts = [render(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    return prompts, stop_token_ids(tokenizer)

@@ -1,0 +1,162 @@
+"""Public entry point: ``model, tokenizer = jaxtrans.load_pretrained(path)``; ``logits = model(input_ids)``.
+
+``path`` may be a local HF directory (config.json + safetensors), a ``.gguf``
+file, ``embedded:smollm2`` (the default demo model), or a hub name such as
+``meta-llama/Llama-2-7b-chat-hf`` (downloaded with ``huggingface_hub`` when the
+network is there; only json, safetensors and tokenizer files are fetched, and
+no remote code is run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrans import sharding as shd
+from jaxtrans.checkpoint import embedded
+from jaxtrans.checkpoint.loader import load_params
+from jaxtrans.checkpoint.sources import GGUFSource, SafetensorsSource, TensorSource
+from jaxtrans.errors import JaxtransError
+from jaxtrans.model import llama
+from jaxtrans.model.config import ModelConfig, from_hf_config
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's weights and tokenizer live on disk."""
+
+    kind: str  # "hf" or "gguf"
+    path: str  # model directory, or the .gguf file
+
+    def source(self) -> TensorSource:
+        return GGUFSource(self.path) if self.kind == "gguf" else SafetensorsSource(self.path)
+
+
+def resolve(path: str) -> ResolvedModel:
+    """Turn a user's model path into files on disk, with one clear error when that is impossible."""
+    if path.startswith("embedded:"):
+        if path != embedded.NAME:
+            raise JaxtransError(f"unknown embedded model {path!r}; the embedded model is {embedded.NAME!r}")
+        return ResolvedModel("gguf", embedded.smollm2_gguf())
+    expanded = os.path.expanduser(path)
+    if expanded.endswith(".gguf"):
+        if not os.path.isfile(expanded):
+            raise JaxtransError(f"model file {path} does not exist")
+        return ResolvedModel("gguf", expanded)
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")):
+            ggufs = [f for f in os.listdir(expanded) if f.endswith(".gguf")]
+            if len(ggufs) == 1:
+                return ResolvedModel("gguf", os.path.join(expanded, ggufs[0]))
+            raise JaxtransError(
+                f"model directory {path} has no config.json; point at a HF model directory or a .gguf file"
+            )
+        return ResolvedModel("hf", expanded)
+    if _HUB_NAME.match(path) and not path.startswith((".", "/", "~")):
+        return ResolvedModel("hf", _download(path))
+    raise JaxtransError(f"model path {path} does not exist (give a local directory, a .gguf file or a hub name)")
+
+
+def _download(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(
+            repo_id,
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"],
+        )
+    except Exception as e:  # network, auth, missing repo: all user-fixable
+        raise JaxtransError(f"could not download {repo_id} from the HuggingFace hub: {type(e).__name__}: {e}") from None
+
+
+def load_tokenizer(resolved: ResolvedModel) -> Any:
+    """A transformers fast tokenizer for the model (GGUF tokenizers are converted by transformers)."""
+    from transformers import AutoTokenizer
+
+    if resolved.kind == "gguf":
+        return AutoTokenizer.from_pretrained(os.path.dirname(resolved.path), gguf_file=os.path.basename(resolved.path))
+    return AutoTokenizer.from_pretrained(resolved.path)
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """A model config with its (frozen) base parameters; call it on token ids to get logits."""
+
+    config: ModelConfig
+    params: Any
+    mesh: jax.sharding.Mesh | None = None
+
+    @property
+    def module(self) -> llama.Llama:
+        return llama.Llama(self.config)
+
+    def __call__(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        segment_ids: Any = None,
+        positions: Any = None,
+    ) -> jax.Array:
+        """Logits [B, T, V] for token ids [B, T].
+
+        ``attention_mask`` (1 = token, 0 = padding, left or right) or
+        ``segment_ids`` (packed examples 1, 2, ...; 0 = padding) select the mask;
+        positions restart at each segment unless given.
+        """
+        tokens = jnp.asarray(np.asarray(input_ids), jnp.int32)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if segment_ids is None and attention_mask is not None:
+            segment_ids = np.asarray(attention_mask).astype(np.int32)
+        seg = None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32).reshape(tokens.shape)
+        pos = None if positions is None else jnp.asarray(positions, jnp.int32).reshape(tokens.shape)
+        if seg is not None and pos is None:
+            # Left padding: real tokens count from 0 regardless of where they start.
+            pos = llama.positions_from_segments(seg)
+        return _forward(self.config, self.params, tokens, seg, pos)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(cfg: ModelConfig, params: Any, tokens: jax.Array, seg: Any, pos: Any) -> jax.Array:
+    logits, _ = llama.Llama(cfg).apply({"params": params}, tokens, seg, pos)
+    return logits
+
+
+def load_pretrained(
+    path: str,
+    *,
+    dtype: str = "float32",
+    param_dtype: str | None = None,
+    remat: str = "none",
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Any = shd.DEFAULT_RULES,
+    with_tokenizer: bool = True,
+) -> tuple[Pretrained, Any]:
+    """Load a Llama-family model and its tokenizer. See the module docstring for ``path``.
+
+    ``mesh``: shard the parameters over it per ``rules`` while loading (default:
+    everything on the first device).
+    """
+    resolved = resolve(path)
+    source = resolved.source()
+    cfg = from_hf_config(source.hf_config(), dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+    shardings = None
+    if mesh is not None:
+        shardings = shd.logical_to_sharding(llama.abstract_params(cfg), mesh, rules)
+    params = load_params(source, cfg, shardings, where=resolved.path)
+    tokenizer = load_tokenizer(resolved) if with_tokenizer else None
+    if tokenizer is not None and len(tokenizer) > cfg.vocab_size:
+        raise JaxtransError(
+            f"the tokenizer of {path} has {len(tokenizer)} tokens but the model only {cfg.vocab_size} rows; "
+            "use the tokenizer saved with this model"
+        )
+    return Pretrained(cfg, params, mesh), tokenizer

@@ -1,0 +1,87 @@
+"""The device mesh and the one table that maps logical axes to mesh axes.
+
+Every parameter carries logical axis names (``vocab``, ``embed``, ``q_heads``
+...). :data:`DEFAULT_RULES` says which mesh axis each name is split over; the
+mesh has three named axes: ``data`` (pure data parallel), ``fsdp`` (data
+parallel with parameters sharded) and ``tensor`` (tensor parallel). Changing
+the parallel layout of the whole framework means changing this table only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxtrans.errors import JaxtransError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or axes, or None = replicated)
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("lora_rank", None),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over ``devices`` (default: all). One size may be -1: it takes the rest."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    n = len(devices)
+    if sizes.count(-1) > 1:
+        raise JaxtransError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))}: at most one axis may be -1")
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if known <= 0 or n % known:
+            raise JaxtransError(
+                f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} does not divide the {n} available devices; "
+                f"choose sizes whose product divides {n}"
+            )
+        sizes[sizes.index(-1)] = n // known
+    if any(s <= 0 for s in sizes) or math.prod(sizes) != n:
+        raise JaxtransError(
+            f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {math.prod(sizes)} devices but {n} are available; "
+            f"set mesh sizes whose product is {n} (or use -1 for one axis)"
+        )
+    grid = np.asarray(devices).reshape(sizes)
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_sharding(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+    """NamedShardings for a tree of ``nn.LogicallyPartitioned`` (or plain) leaves.
+
+    A logical axis whose mesh axes do not divide the dimension is replicated
+    instead, so odd sizes (9 heads, vocab 49152 on 5 devices) never fail.
+    """
+    specs = nn.get_partition_spec(abstract_tree)
+    shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_tree))
+
+    def one(spec: PartitionSpec, shape: tuple[int, ...]) -> NamedSharding:
+        mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules) if spec else PartitionSpec()
+        fitted = []
+        for dim, axes in zip(shape, tuple(mesh_spec) + (None,) * (len(shape) - len(mesh_spec)), strict=True):
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            size = math.prod(mesh.shape[a] for a in names)
+            fitted.append(axes if names and dim % size == 0 else None)
+        return NamedSharding(mesh, PartitionSpec(*fitted))
+
+    return jax.tree.map(one, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
