@@ -35,6 +35,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("norm", None),
     ("lora_rank", None),
+    ("new_vocab", None),
+    ("qblocks", "fsdp"),
 )
 
 

@@ -24,6 +24,8 @@ heads, k = kv heads, h = head_dim, s = key slots, f = mlp, v = vocab.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -31,8 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxtrans.model import attention, rope
+from jaxtrans.model import attention, nf4, rope
 from jaxtrans.model.config import ModelConfig
+from jaxtrans.model.lora import LoraConfig, kaiming_uniform
 
 Array = jax.Array
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -58,6 +61,20 @@ class KVCache(NamedTuple):
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+    """What is added to the frozen base: LoRA, NF4 storage of the block kernels, new vocabulary rows."""
+
+    lora: LoraConfig | None = None
+    quantized: bool = False
+    new_tokens: int = 0  # rows appended after the base vocabulary, trained in the `new_rows` collection
+
+    def proj(self, name: str) -> dict[str, Any]:
+        """Proj keyword arguments for the block projection ``name`` (q, k, v, o, gate, up, down)."""
+        lora = self.lora if self.lora is not None and name in self.lora.targets else None
+        return {"lora": lora, "quantized": self.quantized}
+
+
 class LayerContext(NamedTuple):
     """What every layer shares: rotary tables, the attention mask and the cache write position."""
 
@@ -79,7 +96,11 @@ def positions_from_segments(segment_bt: Array) -> Array:
 
 
 class Proj(nn.Module):
-    """A linear map contracting the trailing ``len(in_shape)`` axes of x with the kernel's leading ones."""
+    """A linear map contracting the trailing ``len(in_shape)`` axes of x with the kernel's leading ones.
+
+    ``lora`` adds a trainable low-rank update in the ``lora`` collection;
+    ``quantized`` stores the frozen kernel as NF4 and dequantises it here.
+    """
 
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
@@ -87,22 +108,66 @@ class Proj(nn.Module):
     use_bias: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    lora: LoraConfig | None = None
+    quantized: bool = False
+
+    def _kernel(self) -> Array:
+        shape = self.in_shape + self.out_shape
+        if not self.quantized:
+            kernel = self.param("kernel", nn.with_logical_partitioning(_INIT, self.axes), shape, self.param_dtype)
+            return kernel.astype(self.dtype)
+        abstract = jax.eval_shape(lambda: nf4.quantize_single(jnp.zeros(shape, jnp.float32)))
+        parts = {
+            name: self.param(
+                name,
+                nn.with_logical_partitioning(nn.initializers.zeros, ("qblocks",) if name != "absmax_mean" else (None,)),
+                leaf.shape,
+                leaf.dtype,
+            )
+            for name, leaf in abstract._asdict().items()
+        }
+        return nf4.dequantize(nf4.NF4(**parts), shape, self.dtype)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param(
-            "kernel", nn.with_logical_partitioning(_INIT, self.axes), self.in_shape + self.out_shape, self.param_dtype
-        )
         n_in = len(self.in_shape)
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        x = x.astype(self.dtype)
+        y = lax.dot_general(x, self._kernel(), (contract, ((), ())))
         if self.use_bias:
             out_axes = self.axes[n_in:]
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, out_axes), self.out_shape, self.param_dtype
             )
             y = y + bias.astype(self.dtype)
+        if self.lora is not None:
+            y = y + self._lora(x, contract)
         return y
+
+    def _lora(self, x: Array, contract: tuple) -> Array:
+        c = self.lora
+        fan_in = math.prod(self.in_shape)
+        a_axes = self.axes[: len(self.in_shape)] + ("lora_rank",)
+        b_axes = ("lora_rank",) + self.axes[len(self.in_shape) :]
+        a = self.variable(
+            "lora",
+            "a",
+            lambda: nn.with_logical_partitioning(kaiming_uniform, a_axes)(
+                self.make_rng("params"), self.in_shape + (c.rank,), jnp.float32, fan_in
+            ),
+        ).value
+        b = self.variable(
+            "lora",
+            "b",
+            lambda: nn.with_logical_partitioning(nn.initializers.zeros, b_axes)(
+                self.make_rng("params"), (c.rank,) + self.out_shape, jnp.float32
+            ),
+        ).value
+        if c.dropout > 0.0:
+            x = nn.Dropout(c.dropout, deterministic=not self.has_rng("dropout"))(x)
+        a, b = nn.meta.unbox(a), nn.meta.unbox(b)
+        xa = lax.dot_general(x, a.astype(self.dtype), (contract, ((), ())))
+        return (xa @ b.astype(self.dtype).reshape(c.rank, -1)).reshape(xa.shape[:-1] + self.out_shape) * c.scale
 
 
 class RMSNorm(nn.Module):
@@ -124,6 +189,7 @@ class RMSNorm(nn.Module):
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    adapters: Adapters = Adapters()
 
     @nn.compact
     def __call__(
@@ -132,9 +198,10 @@ class Attention(nn.Module):
         c = self.cfg
         d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
-        q_btnh = Proj((d,), (n, h), ("embed", "q_heads", "head_dim"), c.qkv_bias, name="q", **kw)(x_btd)
-        k_btkh = Proj((d,), (k, h), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="k", **kw)(x_btd)
-        v_btkh = Proj((d,), (k, h), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="v", **kw)(x_btd)
+        ad = self.adapters.proj
+        q_btnh = Proj((d,), (n, h), ("embed", "q_heads", "head_dim"), c.qkv_bias, name="q", **kw, **ad("q"))(x_btd)
+        k_btkh = Proj((d,), (k, h), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="k", **kw, **ad("k"))(x_btd)
+        v_btkh = Proj((d,), (k, h), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="v", **kw, **ad("v"))(x_btd)
         q_btnh = rope.apply(q_btnh, ctx.cos_bth, ctx.sin_bth)
         k_btkh = rope.apply(k_btkh, ctx.cos_bth, ctx.sin_bth)
         if kv is not None:
@@ -147,29 +214,32 @@ class Attention(nn.Module):
         else:
             k_att, v_att = k_btkh, v_btkh
         out_btnh = attention.reference(q_btnh, k_att, v_att, ctx.mask_bts)
-        y_btd = Proj((n, h), (d,), ("q_heads", "head_dim", "embed"), c.o_bias, name="o", **kw)(out_btnh)
+        y_btd = Proj((n, h), (d,), ("q_heads", "head_dim", "embed"), c.o_bias, name="o", **kw, **ad("o"))(out_btnh)
         return y_btd, kv
 
 
 class MLP(nn.Module):
     cfg: ModelConfig
+    adapters: Adapters = Adapters()
 
     @nn.compact
     def __call__(self, x_btd: Array) -> Array:
         c = self.cfg
         d, f = c.hidden_size, c.intermediate_size
         kw = dict(use_bias=c.mlp_bias, dtype=c.dtype, param_dtype=c.param_dtype)
-        gate_btf = Proj((d,), (f,), ("embed", "mlp"), name="gate", **kw)(x_btd)
-        up_btf = Proj((d,), (f,), ("embed", "mlp"), name="up", **kw)(x_btd)
+        ad = self.adapters.proj
+        gate_btf = Proj((d,), (f,), ("embed", "mlp"), name="gate", **kw, **ad("gate"))(x_btd)
+        up_btf = Proj((d,), (f,), ("embed", "mlp"), name="up", **kw, **ad("up"))(x_btd)
         # silu as x / (1 + exp(-x)), torch's formula: XLA's logistic lowering rounds a little worse on CPU.
         act_btf = gate_btf / (1 + jnp.exp(-gate_btf))
-        return Proj((f,), (d,), ("mlp", "embed"), name="down", **kw)(act_btf * up_btf)
+        return Proj((f,), (d,), ("mlp", "embed"), name="down", **kw, **ad("down"))(act_btf * up_btf)
 
 
 class Block(nn.Module):
     """One decoder layer, in the (carry, xs) -> (carry, ys) form that ``nn.scan`` wants."""
 
     cfg: ModelConfig
+    adapters: Adapters = Adapters()
 
     @nn.compact
     def __call__(
@@ -177,9 +247,9 @@ class Block(nn.Module):
     ) -> tuple[Array, tuple[Array, Array] | None]:
         c = self.cfg
         norm_kw = dict(eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
-        attn_out, kv = Attention(c, name="attn")(RMSNorm(name="attn_norm", **norm_kw)(x_btd), ctx, kv)
+        attn_out, kv = Attention(c, self.adapters, name="attn")(RMSNorm(name="attn_norm", **norm_kw)(x_btd), ctx, kv)
         h_btd = x_btd + attn_out
-        out_btd = h_btd + MLP(c, name="mlp")(RMSNorm(name="mlp_norm", **norm_kw)(h_btd))
+        out_btd = h_btd + MLP(c, self.adapters, name="mlp")(RMSNorm(name="mlp_norm", **norm_kw)(h_btd))
         return out_btd, kv
 
 
@@ -190,9 +260,14 @@ _REMAT_POLICIES = {
 
 
 class Llama(nn.Module):
-    """Decoder-only causal LM. Returns (logits [B, T, V], updated cache or None)."""
+    """Decoder-only causal LM. Returns (logits [B, T, V], updated cache or None).
+
+    With ``adapters.new_tokens = n`` the vocabulary is V + n: ids >= V look up
+    rows of the ``new_rows`` collection, and logits gain n columns from them.
+    """
 
     cfg: ModelConfig
+    adapters: Adapters = Adapters()
 
     @nn.compact
     def __call__(
@@ -216,7 +291,18 @@ class Llama(nn.Module):
             (c.vocab_size, c.hidden_size),
             c.param_dtype,
         )
-        x_btd = jnp.take(embedding_vd, tokens_bt, axis=0).astype(c.dtype)
+        n_new = self.adapters.new_tokens
+        x_btd = jnp.take(embedding_vd, jnp.minimum(tokens_bt, c.vocab_size - 1), axis=0).astype(c.dtype)
+        if n_new:
+            new_embed_nd = self.variable(
+                "new_rows",
+                "embedding",
+                lambda: nn.with_logical_partitioning(_INIT, ("new_vocab", "embed"))(
+                    self.make_rng("params"), (n_new, c.hidden_size), jnp.float32
+                ),
+            ).value
+            new_btd = jnp.take(new_embed_nd, jnp.clip(tokens_bt - c.vocab_size, 0, n_new - 1), axis=0)
+            x_btd = jnp.where((tokens_bt >= c.vocab_size)[..., None], new_btd.astype(c.dtype), x_btd)
 
         q_slot_t = jnp.arange(t, dtype=jnp.int32)
         if cache is None:
@@ -243,7 +329,7 @@ class Llama(nn.Module):
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x_btd, layer_kv = stack(c, name="layers")(x_btd, ctx, layer_kv)
+        x_btd, layer_kv = stack(c, self.adapters, name="layers")(x_btd, ctx, layer_kv)
         x_btd = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x_btd)
 
         if c.tie_embeddings:
@@ -257,6 +343,19 @@ class Llama(nn.Module):
                 param_dtype=c.param_dtype,
                 name="lm_head",
             )(x_btd)
+        if n_new:
+            if c.tie_embeddings:
+                new_head_dn = new_embed_nd.T
+            else:
+                new_head_dn = self.variable(
+                    "new_rows",
+                    "head",
+                    lambda: nn.with_logical_partitioning(_INIT, ("embed", "new_vocab"))(
+                        self.make_rng("params"), (c.hidden_size, n_new), jnp.float32
+                    ),
+                ).value
+            new_logits_btn = jnp.einsum("btd,dn->btn", x_btd, new_head_dn.astype(c.dtype))
+            logits_btv = jnp.concatenate([logits_btv, new_logits_btn.astype(logits_btv.dtype)], axis=-1)
 
         new_cache = None
         if cache is not None:
@@ -264,15 +363,30 @@ class Llama(nn.Module):
         return logits_btv, new_cache
 
 
-def abstract_params(cfg: ModelConfig) -> Any:
-    """Shapes, dtypes and logical partitioning of the parameters, without allocating them."""
-    model = Llama(cfg)
+def abstract_variables(cfg: ModelConfig, adapters: Adapters = Adapters()) -> dict[str, Any]:
+    """Every collection's shapes, dtypes and logical axes (``nn.LogicallyPartitioned``), nothing allocated."""
+    model = Llama(cfg, adapters)
     tokens = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens))["params"]
+    return dict(jax.eval_shape(lambda: model.init(jax.random.key(0), tokens)))
+
+
+def abstract_params(cfg: ModelConfig, adapters: Adapters = Adapters()) -> Any:
+    """The frozen base parameters' abstract tree."""
+    return abstract_variables(cfg, adapters)["params"]
 
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> Any:
-    """Random parameters (unboxed), for tests and from-scratch experiments."""
-    model = Llama(cfg)
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))
+    """Random base parameters (unboxed), for tests and from-scratch experiments."""
+    variables = Llama(cfg).init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))
     return nn.meta.unbox(variables["params"])
+
+
+def init_trainable(cfg: ModelConfig, adapters: Adapters, seed: int = 0, shardings: Any = None) -> dict[str, Any]:
+    """Fresh ``lora`` and ``new_rows`` collections; the base init is dead code that jit removes."""
+    model = Llama(cfg, adapters)
+
+    def init() -> dict[str, Any]:
+        variables = model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))
+        return {k: nn.meta.unbox(v) for k, v in variables.items() if k != "params"}
+
+    return jax.jit(init, out_shardings=shardings)()

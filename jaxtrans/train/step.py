@@ -1,0 +1,173 @@
+"""The train step: loss, gradients of the trainable collections only, and one sharded ``jax.jit``.
+
+A batch is a dict of int32 arrays [accum, batch, time]: ``tokens``, ``targets``
+(the next token), ``loss_mask`` (1 where the target is trained on),
+``segment_ids`` (0 = padding; packed examples 1, 2, ...) and ``positions``.
+The leading ``accum`` axis is gradient accumulation: micro-batches run under
+``lax.scan`` and the loss is the mean over every trained token of the whole
+batch, so accumulating 4 x 2 equals one batch of 8 exactly (up to float order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxtrans import sharding as shd
+from jaxtrans.model import llama
+from jaxtrans.model.config import ModelConfig
+from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
+
+BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    """Everything a run changes; the frozen base lives outside it and is never saved."""
+
+    step: jax.Array
+    trainable: dict[str, Any]  # {"lora": ..., "new_rows": ...}
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
+
+
+def cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of token losses, number of trained tokens), in float32."""
+    logp_btv = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+    nll_bt = -jnp.take_along_axis(logp_btv, targets_bt[..., None], axis=-1)[..., 0]
+    mask = mask_bt.astype(jnp.float32)
+    return jnp.sum(nll_bt * mask), jnp.sum(mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Builds the state and the compiled step for one model, adapter set, optimizer and mesh."""
+
+    cfg: ModelConfig
+    adapters: llama.Adapters
+    optim: OptimConfig
+    mesh: Mesh
+    rules: tuple = shd.DEFAULT_RULES
+
+    @property
+    def model(self) -> llama.Llama:
+        return llama.Llama(self.cfg, self.adapters)
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        return make_optimizer(self.optim)
+
+    def base_shardings(self) -> Any:
+        return shd.logical_to_sharding(llama.abstract_params(self.cfg, self.adapters), self.mesh, self.rules)
+
+    def trainable_shardings(self) -> dict[str, Any]:
+        abstract = llama.abstract_variables(self.cfg, self.adapters)
+        return {k: shd.logical_to_sharding(v, self.mesh, self.rules) for k, v in abstract.items() if k != "params"}
+
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec(None, ("data", "fsdp"), None))
+
+    def state_shardings(self, base: Any) -> TrainState:
+        """Shardings of a TrainState: optimizer moments follow their parameters, scalars are replicated."""
+        trainable_sh = self.trainable_shardings()
+        base_abstract = nn.meta.unbox(llama.abstract_params(self.cfg, self.adapters))
+        opt_abstract = jax.eval_shape(self.tx.init, full_tree(base_abstract, self._abstract_trainable()))
+        by_path = {tuple(k.key for k in path): s for path, s in jax.tree_util.tree_leaves_with_path(trainable_sh)}
+        rep = shd.replicated(self.mesh)
+
+        def leaf_sharding(path: tuple, _: Any) -> NamedSharding:
+            # moments mirror the parameter tree: their path ends with the parameter's own dict keys
+            keys = []
+            for k in reversed(path):
+                if not isinstance(k, jax.tree_util.DictKey):
+                    break
+                keys.insert(0, k.key)
+            return by_path.get(tuple(keys), rep)
+
+        opt_sh = jax.tree_util.tree_map_with_path(leaf_sharding, opt_abstract)
+        return TrainState(step=rep, trainable=trainable_sh, opt_state=opt_sh, rng=rep)
+
+    def _abstract_trainable(self) -> dict[str, Any]:
+        abstract = llama.abstract_variables(self.cfg, self.adapters)
+        return {k: nn.meta.unbox(v) for k, v in abstract.items() if k != "params"}
+
+    def init_state(self, base: Any, seed: int = 0) -> TrainState:
+        """Fresh adapters (B = 0), optimizer state over the full tree (nothing for the base), step 0."""
+        trainable = llama.init_trainable(self.cfg, self.adapters, seed, self.trainable_shardings())
+        return self.make_state(base, trainable, seed)
+
+    def make_state(self, base: Any, trainable: dict[str, Any], seed: int = 0) -> TrainState:
+        """A step-0 state around given trainable collections (e.g. handed over from a previous stage)."""
+        shardings = self.state_shardings(base)
+        init = jax.jit(
+            lambda b, t: TrainState(
+                step=jnp.zeros((), jnp.int32),
+                trainable=t,
+                opt_state=self.tx.init(full_tree(b, t)),
+                rng=jax.random.key_data(jax.random.key(seed)),
+            ),
+            out_shardings=shardings,
+        )
+        return init(base, trainable)
+
+    def loss_fn(self, trainable: dict[str, Any], base: Any, micro: dict[str, jax.Array], rng: jax.Array) -> tuple:
+        logits, _ = self.model.apply(
+            {"params": base, **trainable},
+            micro["tokens"],
+            micro["segment_ids"],
+            micro["positions"],
+            rngs={"dropout": rng},
+        )
+        return cross_entropy(logits, micro["targets"], micro["loss_mask"])
+
+    def step_fn(self, state: TrainState, base: Any, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        """One optimizer step over ``batch`` [accum, B, T] (unjitted; see :meth:`compiled_step`)."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
+
+        def micro_step(carry: tuple, xs: tuple) -> tuple:
+            grads, loss_sum, count = carry
+            micro, i = xs
+            (lsum, n), g = grad_fn(state.trainable, base, micro, jax.random.fold_in(key, i))
+            return (jax.tree.map(jnp.add, grads, g), loss_sum + lsum, count + n), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+        accum = batch["tokens"].shape[0]
+        (grads, loss_sum, count), _ = jax.lax.scan(
+            micro_step, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum))
+        )
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        full_grads = full_tree(frozen_placeholders(base), grads)
+        updates, opt_state = self.tx.update(full_grads, state.opt_state, full_tree(base, state.trainable))
+        updates = {k: v for k, v in updates.items() if k in state.trainable}
+        trainable = optax.apply_updates(state.trainable, updates)
+        metrics = {
+            "loss": loss_sum / denom,
+            "tokens": count,
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(self.optim)(state.step),
+        }
+        new_state = TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=state.rng)
+        return new_state, metrics
+
+    def compiled_step(self, base: Any) -> Callable:
+        """The step as one ``jax.jit`` with explicit in/out shardings and the state donated."""
+        state_sh = self.state_shardings(base)
+        base_sh = jax.tree.map(lambda x: x.sharding, base)
+        batch_sh = {k: self.batch_sharding() for k in BATCH_KEYS}
+        rep = shd.replicated(self.mesh)
+        return jax.jit(
+            self.step_fn,
+            in_shardings=(state_sh, base_sh, batch_sh),
+            out_shardings=(state_sh, {"loss": rep, "tokens": rep, "grad_norm": rep, "lr": rep}),
+            donate_argnums=(0,),
+        )
