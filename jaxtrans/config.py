@@ -30,6 +30,7 @@ def model_defaults() -> config_dict.ConfigDict:
             "dtype": "float32",  # compute dtype
             "param_dtype": "float32",  # storage dtype of the frozen base
             "remat": "none",  # none | full | save_dots
+            "attention": "xla",  # xla | dot_product (cuDNN on NVIDIA GPUs) | flash (Pallas, TPU)
         }
     )
 
@@ -95,6 +96,8 @@ def validate(cfg: config_dict.ConfigDict) -> None:
             raise JaxtransError(f"model.{key}={m[key]!r} is not one of {', '.join(DTYPES)}")
     if m.remat not in ("none", "full", "save_dots"):
         raise JaxtransError(f"model.remat={m.remat!r} is not one of none, full, save_dots")
+    if m.attention not in ("xla", "dot_product", "flash"):
+        raise JaxtransError(f"model.attention={m.attention!r} is not one of xla, dot_product, flash")
     for axis in ("data", "fsdp", "tensor"):
         size = cfg.mesh[axis]
         if size == 0 or size < -1:

@@ -32,7 +32,12 @@ def run(cfg) -> list[dict]:
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     t0 = time.time()
     model, tokenizer = load_pretrained(
-        cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat, mesh=mesh
+        cfg.model.path,
+        dtype=cfg.model.dtype,
+        param_dtype=cfg.model.param_dtype,
+        remat=cfg.model.remat,
+        attention=cfg.model.attention,
+        mesh=mesh,
     )
     print(f"loaded {cfg.model.path}: {model.config.num_params / 1e6:.1f}M parameters in {time.time() - t0:.1f}s")
     prompts, stop_ids = chat_ids(tokenizer, list(cfg.chat.prompts))

@@ -137,6 +137,7 @@ def load_pretrained(
     dtype: str = "float32",
     param_dtype: str | None = None,
     remat: str = "none",
+    attention: str = "xla",
     mesh: jax.sharding.Mesh | None = None,
     rules: Any = shd.DEFAULT_RULES,
     with_tokenizer: bool = True,
@@ -148,7 +149,9 @@ def load_pretrained(
     """
     resolved = resolve(path)
     source = resolved.source()
-    cfg = from_hf_config(source.hf_config(), dtype=dtype, param_dtype=param_dtype or dtype, remat=remat)
+    cfg = from_hf_config(
+        source.hf_config(), dtype=dtype, param_dtype=param_dtype or dtype, remat=remat, attention=attention
+    )
     shardings = None
     if mesh is not None:
         shardings = shd.logical_to_sharding(llama.abstract_params(cfg), mesh, rules)

@@ -144,3 +144,28 @@ def test_qlora_loss_tracks_bf16_lora():
     print("bf16 base:", runs["bf16"][[0, 9, 19, 29]].round(3), "nf4 base:", runs["nf4"][[0, 9, 19, 29]].round(3))
     assert runs["nf4"][-1] < runs["nf4"][0] - 0.3  # it learns
     assert np.abs(runs["nf4"] - runs["bf16"]).max() <= 0.1
+
+
+def test_modules_to_save_trains_the_full_embedding_and_leaves_the_base_alone():
+    cfg = tiny_config()
+    base = llama.init_params(cfg, seed=1)
+    before = np.array(base["embedding"])
+    trainer = Trainer(
+        cfg,
+        llama.Adapters(lora=LoraConfig.make(4, 8)),
+        OptimConfig(1e-2, total_steps=3),
+        _single_mesh(),
+        modules_to_save=("embedding",),
+    )
+    state = trainer.init_state(base)
+    step = trainer.compiled_step(base)
+    for i in range(3):
+        state, _ = step(state, base, _batch(seed=i))
+    assert np.array_equal(np.asarray(base["embedding"]), before)
+    assert not np.array_equal(np.asarray(state.trainable["base"]["embedding"]), before)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)]
+    assert any("mu['base']['embedding']" in p for p in paths)
+    with pytest.raises(Exception, match="not base parameters"):
+        Trainer(cfg, llama.Adapters(), OptimConfig(), _single_mesh(), modules_to_save=("embed_tokens",)).init_state(
+            base
+        )

@@ -82,6 +82,35 @@ def test_sigkill_and_restart_is_bit_identical(tmp_path):
     assert set(_losses(killed)) == set(range(1, STEPS + 1))
 
 
+def test_sigterm_saves_at_the_step_boundary_and_exits(tmp_path):
+    run = str(tmp_path / "run")
+    proc = _job(run, "--sleep", "0.3", wait=False)
+    try:
+        _wait_for_step(run, 4)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last_logged = max(_losses(run))
+    assert last_logged < STEPS
+    assert Checkpointer(os.path.join(run, "checkpoints")).latest_step() == last_logged
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = str(tmp_path / "run")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    result = subprocess.run(
+        [sys.executable, JOB, run, str(STEPS), "--lr", "1e30"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert "jaxtrans: error: loss is nan at step" in result.stderr or "loss is inf at step" in result.stderr
+    bad_step = int(result.stderr.split(" at step ")[1].split(";")[0])
+    latest = Checkpointer(os.path.join(run, "checkpoints")).latest_step()
+    assert latest is None or latest < bad_step
+    assert f"last good checkpoint: step {latest}" in result.stderr
+
+
 def test_checkpoint_holds_only_the_trainable_state(tmp_path):
     cfg = ModelConfig(
         vocab_size=4096,

@@ -44,7 +44,7 @@ def examples(n: int = 64, t: int = 16, vocab: int = 132, seed: int = 0):
     }
 
 
-def build(mesh_sizes=(1, 1, 1), dropout=0.1):
+def build(mesh_sizes=(1, 1, 1), dropout=0.1, lr=5e-3):
     import jax
 
     from jaxtrans import sharding
@@ -57,7 +57,9 @@ def build(mesh_sizes=(1, 1, 1), dropout=0.1):
     n = mesh_sizes[0] * mesh_sizes[1] * mesh_sizes[2]
     mesh = sharding.make_mesh(*mesh_sizes, devices=jax.devices()[:n])
     adapters = llama.Adapters(lora=LoraConfig.make(4, 8, dropout), new_tokens=4)
-    trainer = Trainer(cfg, adapters, OptimConfig(learning_rate=5e-3, total_steps=40, warmup_steps=3), mesh)
+    trainer = Trainer(
+        cfg, adapters, OptimConfig(learning_rate=lr, total_steps=40, warmup_steps=3 if lr < 1 else 0), mesh
+    )
     base_sh = trainer.base_shardings()
     base = jax.jit(lambda: llama.init_params(cfg, seed=1), out_shardings=base_sh)()
     return trainer, base
@@ -69,13 +71,15 @@ def main() -> None:
     ap.add_argument("steps", type=int)
     ap.add_argument("--mesh", default="1,1,1")
     ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--lr", type=float, default=5e-3)
     args = ap.parse_args()
     import numpy as np
 
+    from jaxtrans.errors import JaxtransError
     from jaxtrans.train.data import InMemoryBatches
     from jaxtrans.train.loop import LoopConfig, train
 
-    trainer, base = build(tuple(int(x) for x in args.mesh.split(",")))
+    trainer, base = build(tuple(int(x) for x in args.mesh.split(",")), lr=args.lr)
     data = InMemoryBatches(examples(), batch_size=8, accum=2, seed=3)
     if args.sleep:  # slow steps down so a test can kill the job mid-run
         inner = data.__next__
@@ -86,7 +90,11 @@ def main() -> None:
 
         data.__next__ = slow_next  # type: ignore[method-assign]
     loop = LoopConfig(total_steps=args.steps, save_every=3, progress=False, async_save=True)
-    state = train(trainer, base, _Iter(data), loop, args.run_dir)
+    try:
+        state = train(trainer, base, _Iter(data), loop, args.run_dir)
+    except JaxtransError as e:
+        print(f"jaxtrans: error: {e}", file=sys.stderr)
+        sys.exit(2)
     flat = {"/".join(map(str, p)): np.asarray(v) for p, v in _flatten(state.trainable)}
     np.savez(os.path.join(args.run_dir, "final.npz"), **flat)
 

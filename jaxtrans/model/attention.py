@@ -35,8 +35,41 @@ def reference(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts:
     q_btkgh = q_btnh.reshape(b, t, kv_heads, n // kv_heads, h)
     acc = jnp.promote_types(q_btnh.dtype, jnp.float32)  # bf16 inputs accumulate in float32
     scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=acc) * (h**-0.5)
-    # A fully masked row (a padding query) gets a uniform softmax instead of NaN.
-    scores_bkgts = jnp.where(mask_bts[:, None, None, :, :], scores_bkgts, jnp.finfo(acc).min)
+    # An additive bias (not a select) keeps the backward pass free of zero-filled buffers; -1e9 sends
+    # exp() to exactly 0, and a fully masked row (a padding query) gets a uniform softmax, not NaN.
+    bias_bts = jnp.where(mask_bts, 0.0, -1e9).astype(acc)
+    scores_bkgts = scores_bkgts + bias_bts[:, None, None, :, :]
     probs_bkgts = jax.nn.softmax(scores_bkgts.astype(jnp.float32), axis=-1).astype(v_bskh.dtype)
     out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
     return out_btkgh.reshape(b, t, n, h)
+
+
+IMPLEMENTATIONS = ("xla", "dot_product", "flash")
+
+
+def dot_product(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array) -> jax.Array:
+    """``jax.nn.dot_product_attention``: cuDNN fused attention on NVIDIA GPUs, XLA elsewhere."""
+    return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None], scale=q_btnh.shape[-1] ** -0.5)
+
+
+def flash(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, segment_bt: jax.Array) -> jax.Array:
+    """Pallas flash attention for TPU (causal, packed segments); runs in interpret mode elsewhere.
+
+    The kernel wants as many KV heads as query heads, so grouped KV heads are
+    repeated; padding (segment 0) only ever attends to padding, whose outputs
+    nobody reads.
+    """
+    from jax.experimental.pallas.ops.tpu import flash_attention as fa
+
+    groups = q_btnh.shape[2] // k_btkh.shape[2]
+    k_btnh, v_btnh = (jnp.repeat(x, groups, axis=2) for x in (k_btkh, v_btkh))
+    to_bnth = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
+    out_bnth = fa.flash_attention(
+        to_bnth(q_btnh),
+        to_bnth(k_btnh),
+        to_bnth(v_btnh),
+        segment_ids=fa.SegmentIds(segment_bt, segment_bt),
+        causal=True,
+        sm_scale=q_btnh.shape[-1] ** -0.5,
+    )
+    return to_bnth(out_bnth)

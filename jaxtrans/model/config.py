@@ -15,6 +15,7 @@ from jaxtrans.errors import JaxtransError, require
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 REMAT_POLICIES = ("none", "full", "save_dots")
+ATTENTION = ("xla", "dot_product", "flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the frozen base
     remat: str = "none"
+    attention: str = "xla"  # xla (reference) | dot_product (cuDNN on GPU) | flash (Pallas, TPU)
 
     def __post_init__(self) -> None:
         require(
@@ -70,6 +72,11 @@ class ModelConfig:
             f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}",
         )
         require(self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        require(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        require(
+            not (self.attention == "flash" and self.sliding_window),
+            "flash attention has no sliding window; use attention=xla or dot_product for this model",
+        )
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -110,7 +117,7 @@ def _rope_from_hf(hf: dict[str, Any], head_dim: int) -> RopeConfig:
 
 
 def from_hf_config(hf: dict[str, Any], **execution: Any) -> ModelConfig:
-    """Translate a HF ``config.json`` dict; ``execution`` sets dtype/param_dtype/remat."""
+    """Translate a HF ``config.json`` dict; ``execution`` sets dtype/param_dtype/remat/attention."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise JaxtransError(

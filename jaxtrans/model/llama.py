@@ -68,6 +68,7 @@ class Adapters:
     lora: LoraConfig | None = None
     quantized: bool = False
     new_tokens: int = 0  # rows appended after the base vocabulary, trained in the `new_rows` collection
+    padding_rows: int = 0  # the last new rows only pad the vocabulary (e.g. to a multiple of 128): never predicted
 
     def proj(self, name: str) -> dict[str, Any]:
         """Proj keyword arguments for the block projection ``name`` (q, k, v, o, gate, up, down)."""
@@ -82,6 +83,7 @@ class LayerContext(NamedTuple):
     sin_bth: Array
     mask_bts: Array
     cache_index: Array
+    segment_bt: Array
 
 
 def positions_from_segments(segment_bt: Array) -> Array:
@@ -211,9 +213,13 @@ class Attention(nn.Module):
             v_bskh = lax.dynamic_update_slice(v_cache, v_btkh.astype(v_cache.dtype), start)
             kv = (k_bskh, v_bskh)
             k_att, v_att = k_bskh.astype(c.dtype), v_bskh.astype(c.dtype)
+            out_btnh = attention.reference(q_btnh, k_att, v_att, ctx.mask_bts)  # decoding: T is tiny
+        elif c.attention == "flash":
+            out_btnh = attention.flash(q_btnh, k_btkh, v_btkh, ctx.segment_bt)
+        elif c.attention == "dot_product":
+            out_btnh = attention.dot_product(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
         else:
-            k_att, v_att = k_btkh, v_btkh
-        out_btnh = attention.reference(q_btnh, k_att, v_att, ctx.mask_bts)
+            out_btnh = attention.reference(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
         y_btd = Proj((n, h), (d,), ("q_heads", "head_dim", "embed"), c.o_bias, name="o", **kw, **ad("o"))(out_btnh)
         return y_btd, kv
 
@@ -316,7 +322,7 @@ class Llama(nn.Module):
             layer_kv = (cache.k_lbskh, cache.v_lbskh)
         cos_bth, sin_bth = rope.cos_sin(c.rope, positions_bt, c.dtype)
         mask_bts = attention.mask(q_slot_t, kv_slot_s, segment_bt, kv_segment_bs, c.sliding_window)
-        ctx = LayerContext(cos_bth, sin_bth, mask_bts, index)
+        ctx = LayerContext(cos_bth, sin_bth, mask_bts, index, segment_bt)
 
         block = Block
         if c.remat != "none":
@@ -355,6 +361,9 @@ class Llama(nn.Module):
                     ),
                 ).value
             new_logits_btn = jnp.einsum("btd,dn->btn", x_btd, new_head_dn.astype(c.dtype))
+            if self.adapters.padding_rows:
+                is_pad_n = jnp.arange(n_new) >= n_new - self.adapters.padding_rows
+                new_logits_btn = jnp.where(is_pad_n, -1e9, new_logits_btn)
             logits_btv = jnp.concatenate([logits_btv, new_logits_btn.astype(logits_btv.dtype)], axis=-1)
 
         new_cache = None

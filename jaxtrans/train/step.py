@@ -21,11 +21,17 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrans import sharding as shd
+from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+
+# XLA:CPU (jax 0.10) otherwise lets YNNPACK take elementwise ops into its fusions, and the LoRA backward
+# then transposes [tokens, mlp] gradients inside slow strided loops; restricting YNNPACK to dots measured
+# 115 -> 41 ms for one MLP block's backward here. Only the CPU compiler reads this option.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
 @jax.tree_util.register_dataclass
@@ -34,17 +40,46 @@ class TrainState:
     """Everything a run changes; the frozen base lives outside it and is never saved."""
 
     step: jax.Array
-    trainable: dict[str, Any]  # {"lora": ..., "new_rows": ...}
+    trainable: dict[str, Any]  # {"lora": ..., "new_rows": ..., "base": {fully trained base params}}
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
 
 
+@jax.custom_vjp
+def token_nll(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
+    """-log p(target) per token, in float32.
+
+    The gradient is written out (softmax - one_hot): autodiff of the gather
+    would build and scatter into a zero-filled [B, T, V] buffer, which costs
+    more than the whole loss on a CPU.
+    """
+    logits = logits_btv.astype(jnp.float32)
+    lse_bt = jax.nn.logsumexp(logits, axis=-1)
+    return lse_bt - jnp.take_along_axis(logits, targets_bt[..., None], axis=-1)[..., 0]
+
+
+def _token_nll_fwd(logits_btv: jax.Array, targets_bt: jax.Array) -> tuple:
+    logits = logits_btv.astype(jnp.float32)
+    lse_bt = jax.nn.logsumexp(logits, axis=-1)
+    nll_bt = lse_bt - jnp.take_along_axis(logits, targets_bt[..., None], axis=-1)[..., 0]
+    return nll_bt, (logits_btv, targets_bt, lse_bt)
+
+
+def _token_nll_bwd(res: tuple, g_bt: jax.Array) -> tuple:
+    logits_btv, targets_bt, lse_bt = res
+    probs_btv = jnp.exp(logits_btv.astype(jnp.float32) - lse_bt[..., None])
+    one_hot_btv = jnp.arange(logits_btv.shape[-1], dtype=targets_bt.dtype) == targets_bt[..., None]
+    grad_btv = (probs_btv - one_hot_btv) * g_bt[..., None]
+    return grad_btv.astype(logits_btv.dtype), None
+
+
+token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
+
+
 def cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(sum of token losses, number of trained tokens), in float32."""
-    logp_btv = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-    nll_bt = -jnp.take_along_axis(logp_btv, targets_bt[..., None], axis=-1)[..., 0]
     mask = mask_bt.astype(jnp.float32)
-    return jnp.sum(nll_bt * mask), jnp.sum(mask)
+    return jnp.sum(token_nll(logits_btv, targets_bt) * mask), jnp.sum(mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +91,9 @@ class Trainer:
     optim: OptimConfig
     mesh: Mesh
     rules: tuple = shd.DEFAULT_RULES
+    # PEFT's modules_to_save: top-level base parameters trained in full (e.g. "embedding", "lm_head").
+    # The trainable copy lives in the state under "base" and overrides the frozen one in the forward pass.
+    modules_to_save: tuple[str, ...] = ()
 
     @property
     def model(self) -> llama.Llama:
@@ -69,8 +107,7 @@ class Trainer:
         return shd.logical_to_sharding(llama.abstract_params(self.cfg, self.adapters), self.mesh, self.rules)
 
     def trainable_shardings(self) -> dict[str, Any]:
-        abstract = llama.abstract_variables(self.cfg, self.adapters)
-        return {k: shd.logical_to_sharding(v, self.mesh, self.rules) for k, v in abstract.items() if k != "params"}
+        return {k: shd.logical_to_sharding(v, self.mesh, self.rules) for k, v in self._abstract_trainable(True).items()}
 
     def batch_sharding(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec(None, ("data", "fsdp"), None))
@@ -95,13 +132,26 @@ class Trainer:
         opt_sh = jax.tree_util.tree_map_with_path(leaf_sharding, opt_abstract)
         return TrainState(step=rep, trainable=trainable_sh, opt_state=opt_sh, rng=rep)
 
-    def _abstract_trainable(self) -> dict[str, Any]:
+    def _abstract_trainable(self, boxed: bool = False) -> dict[str, Any]:
         abstract = llama.abstract_variables(self.cfg, self.adapters)
-        return {k: nn.meta.unbox(v) for k, v in abstract.items() if k != "params"}
+        out = {k: v for k, v in abstract.items() if k != "params"}
+        if self.modules_to_save:
+            missing = set(self.modules_to_save) - set(abstract["params"])
+            if missing:
+                raise JaxtransError(
+                    f"modules_to_save {sorted(missing)} are not base parameters; choose from {sorted(abstract['params'])}"
+                )
+            out["base"] = {k: abstract["params"][k] for k in self.modules_to_save}
+        return out if boxed else {k: nn.meta.unbox(v) for k, v in out.items()}
 
     def init_state(self, base: Any, seed: int = 0) -> TrainState:
         """Fresh adapters (B = 0), optimizer state over the full tree (nothing for the base), step 0."""
-        trainable = llama.init_trainable(self.cfg, self.adapters, seed, self.trainable_shardings())
+        sh = self.trainable_shardings()
+        trainable = llama.init_trainable(self.cfg, self.adapters, seed, {k: v for k, v in sh.items() if k != "base"})
+        if self.modules_to_save:
+            trainable["base"] = jax.jit(lambda b: {k: b[k] for k in self.modules_to_save}, out_shardings=sh["base"])(
+                base
+            )
         return self.make_state(base, trainable, seed)
 
     def make_state(self, base: Any, trainable: dict[str, Any], seed: int = 0) -> TrainState:
@@ -119,8 +169,9 @@ class Trainer:
         return init(base, trainable)
 
     def loss_fn(self, trainable: dict[str, Any], base: Any, micro: dict[str, jax.Array], rng: jax.Array) -> tuple:
+        adapters = {k: v for k, v in trainable.items() if k != "base"}
         logits, _ = self.model.apply(
-            {"params": base, **trainable},
+            {"params": {**base, **trainable.get("base", {})}, **adapters},
             micro["tokens"],
             micro["segment_ids"],
             micro["positions"],
@@ -170,4 +221,5 @@ class Trainer:
             in_shardings=(state_sh, base_sh, batch_sh),
             out_shardings=(state_sh, {"loss": rep, "tokens": rep, "grad_norm": rep, "lr": rep}),
             donate_argnums=(0,),
+            compiler_options=_CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None,
         )

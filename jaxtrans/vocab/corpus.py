@@ -1,0 +1,106 @@
+"""Target-language text for tokenizer training, and which characters count as the target script.
+
+Sources: plain text files (one document per line), JSON lines / JSON files
+(a ``field`` per record, ``text`` by default), or ``hf:NAME[:SPLIT]`` for a
+``datasets`` hub dataset (streamed). Every source is checked before training:
+an empty corpus, or one without a single character of the target script, is an
+error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+
+from jaxtrans.errors import JaxtransError
+
+# Unicode blocks per language code: a new token must contain one of these characters.
+SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
+    "th": ((0x0E00, 0x0E7F),),
+    "lo": ((0x0E80, 0x0EFF),),
+    "ne": ((0x0900, 0x097F),),
+    "hi": ((0x0900, 0x097F),),
+    "zh": ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0x3000, 0x303F), (0xFF00, 0xFFEF)),
+    "zh_hant": ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0x3000, 0x303F), (0xFF00, 0xFFEF)),
+    "ja": ((0x3040, 0x30FF), (0x4E00, 0x9FFF)),
+    "ko": ((0xAC00, 0xD7AF), (0x1100, 0x11FF)),
+    "ar": ((0x0600, 0x06FF),),
+    "ru": ((0x0400, 0x04FF),),
+    "el": ((0x0370, 0x03FF),),
+}
+
+
+def script_ranges(language: str) -> tuple[tuple[int, int], ...]:
+    if language not in SCRIPTS:
+        raise JaxtransError(f"no script known for language {language!r}; known: {', '.join(sorted(SCRIPTS))}")
+    return SCRIPTS[language]
+
+
+def has_script_char(text: str, ranges: Sequence[tuple[int, int]]) -> bool:
+    return any(lo <= ord(ch) <= hi for ch in text for lo, hi in ranges)
+
+
+def _iter_file(path: str, field: str) -> Iterator[str]:
+    if not os.path.isfile(path):
+        raise JaxtransError(f"corpus file {path} does not exist")
+    is_json = path.endswith((".jsonl", ".json"))
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            if path.endswith(".json"):
+                records = json.load(f)
+                for i, rec in enumerate(records if isinstance(records, list) else [records]):
+                    if not isinstance(rec, dict) or field not in rec:
+                        raise JaxtransError(f"{path}: record {i} has no {field!r} field")
+                    yield str(rec[field])
+                return
+            for lineno, line in enumerate(f, 1):
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                if is_json:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise JaxtransError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+                    if not isinstance(rec, dict) or field not in rec:
+                        raise JaxtransError(f"{path}:{lineno}: no {field!r} field")
+                    yield str(rec[field])
+                else:
+                    yield line
+        except UnicodeDecodeError as e:
+            raise JaxtransError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _iter_hub(spec: str, field: str) -> Iterator[str]:
+    import datasets
+
+    _, name, *rest = spec.split(":")
+    split = rest[0] if rest else "train"
+    for rec in datasets.load_dataset(name, split=split, streaming=True):
+        yield str(rec[field])
+
+
+def iter_texts(sources: Sequence[str], field: str = "text") -> Iterator[str]:
+    for src in sources:
+        yield from (_iter_hub(src, field) if src.startswith("hf:") else _iter_file(src, field))
+
+
+def load_corpus(sources: Sequence[str], language: str, field: str = "text", max_chars: int = 50_000_000) -> list[str]:
+    """All documents (up to ``max_chars``), after checking the corpus is usable for ``language``."""
+    if not sources:
+        raise JaxtransError("no corpus given; pass target-language text files")
+    ranges = script_ranges(language)
+    texts, total = [], 0
+    for text in iter_texts(sources, field):
+        texts.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    if not texts or total == 0:
+        raise JaxtransError(f"the corpus {', '.join(sources)} is empty")
+    if not any(has_script_char(t, ranges) for t in texts):
+        raise JaxtransError(
+            f"the corpus {', '.join(sources)} has no {language!r} characters; check the files and the language"
+        )
+    return texts
