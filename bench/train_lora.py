@@ -159,7 +159,8 @@ def main() -> None:
     peak_j, peak_t = matmul_flops()
     achieved = flops * mj / (args.batch * args.seq)
     print(
-        f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores; torch {torch.__version__}, jax {jax.__version__}"
+        f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores; "
+        f"torch {torch.__version__}, jax {jax.__version__}"
     )
     print(f"median tokens/s: jaxtrans {mj:.0f}, torch+peft {mt:.0f}, ratio {mj / mt:.2f}")
     print(f"jaxtrans step: {flops / 1e9:.1f} GFLOP (XLA count), achieved {achieved / 1e9:.1f} GFLOP/s")

@@ -139,7 +139,8 @@ class Trainer:
             missing = set(self.modules_to_save) - set(abstract["params"])
             if missing:
                 raise JaxtransError(
-                    f"modules_to_save {sorted(missing)} are not base parameters; choose from {sorted(abstract['params'])}"
+                    f"modules_to_save {sorted(missing)} are not base parameters; "
+                    f"choose from {sorted(abstract['params'])}"
                 )
             out["base"] = {k: abstract["params"][k] for k in self.modules_to_save}
         return out if boxed else {k: nn.meta.unbox(v) for k, v in out.items()}
