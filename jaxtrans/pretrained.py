@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtrans import sharding as shd
+from jaxtrans import xla_options
 from jaxtrans.checkpoint import embedded
 from jaxtrans.checkpoint.loader import load_params
 from jaxtrans.checkpoint.sources import GGUFSource, SafetensorsSource, TensorSource
@@ -122,13 +123,16 @@ class Pretrained:
         if seg is not None and pos is None:
             # Left padding: real tokens count from 0 regardless of where they start.
             pos = llama.positions_from_segments(seg)
-        return _forward(self.config, self.params, tokens, seg, pos)
+        return _forward()(self.config, self.params, tokens, seg, pos)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(cfg: ModelConfig, params: Any, tokens: jax.Array, seg: Any, pos: Any) -> jax.Array:
-    logits, _ = llama.Llama(cfg).apply({"params": params}, tokens, seg, pos)
-    return logits
+@functools.cache
+def _forward() -> Any:
+    def forward(cfg: ModelConfig, params: Any, tokens: jax.Array, seg: Any, pos: Any) -> jax.Array:
+        logits, _ = llama.Llama(cfg).apply({"params": params}, tokens, seg, pos)
+        return logits
+
+    return jax.jit(forward, static_argnums=0, compiler_options=xla_options.accurate())
 
 
 def load_pretrained(

@@ -14,11 +14,15 @@ def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt
                 messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
             )
         )
-    # Llama-2 chat format, for tokenizers saved without a template
+    # Llama-2 chat format, for tokenizers saved without a template: the system prompt goes inside the first [INST]
+    system = ""
+    if messages and messages[0]["role"] == "system":
+        system = f"<<SYS>>\n{messages[0]['content'].strip()}\n<</SYS>>\n\n"
+        messages = messages[1:]
     text = ""
     for i in range(0, len(messages), 2):
-        user = messages[i]["content"]
-        text += f"{tokenizer.bos_token or ''}[INST] {user.strip()} [/INST]"
+        user = (system if i == 0 else "") + messages[i]["content"].strip()
+        text += f"{tokenizer.bos_token or ''}[INST] {user} [/INST]"
         if i + 1 < len(messages):
             text += f" {messages[i + 1]['content'].strip()} {tokenizer.eos_token or ''}"
     return tokenizer(text, add_special_tokens=False)["input_ids"]

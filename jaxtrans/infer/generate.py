@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtrans import xla_options
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
@@ -56,7 +57,6 @@ def _pick(logits_bv: jax.Array, key: jax.Array, s: SamplingConfig) -> jax.Array:
     return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sampling"))
 def _decode(
     cfg: ModelConfig,
     variables: Any,
@@ -95,6 +95,11 @@ def _decode(
     return out_bn
 
 
+@functools.cache
+def _compiled_decode() -> Any:
+    return jax.jit(_decode, static_argnames=("cfg", "sampling"), compiler_options=xla_options.accurate())
+
+
 def generate(
     cfg: ModelConfig,
     variables: Any,
@@ -126,7 +131,7 @@ def generate(
         tokens[i, p - len(ids) :] = ids
         segment[i, p - len(ids) :] = 1
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
-    out = np.asarray(_decode(cfg, variables, tokens, segment, stops, jnp.int32(pad_id), sampling))
+    out = np.asarray(_compiled_decode()(cfg, variables, tokens, segment, stops, jnp.int32(pad_id), sampling))
     results = []
     stop_set = set(stop_ids)
     for row in out:

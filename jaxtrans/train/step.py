@@ -21,17 +21,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrans import sharding as shd
+from jaxtrans import xla_options
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
-
-# XLA:CPU (jax 0.10) otherwise lets YNNPACK take elementwise ops into its fusions, and the LoRA backward
-# then transposes [tokens, mlp] gradients inside slow strided loops; restricting YNNPACK to dots measured
-# 115 -> 41 ms for one MLP block's backward here. Only the CPU compiler reads this option.
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
 @jax.tree_util.register_dataclass
@@ -222,5 +218,5 @@ class Trainer:
             in_shardings=(state_sh, base_sh, batch_sh),
             out_shardings=(state_sh, {"loss": rep, "tokens": rep, "grad_norm": rep, "lr": rep}),
             donate_argnums=(0,),
-            compiler_options=_CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None,
+            compiler_options=xla_options.fast_training(),
         )
