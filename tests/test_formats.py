@@ -1,0 +1,100 @@
+"""Golden token ids and loss masks of the transfer formats, and packing invariants."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from jaxtrans.data.formats import Tags, encode_chat, encode_text, recovery_answer, taco_answer, tcot_answer
+from jaxtrans.data.pack import pack
+from jaxtrans.errors import JaxtransError
+
+TCOT = [
+    {"role": "user", "content": "สวัสดี"},
+    {"role": "assistant", "content": tcot_answer("Hello", "Hi there!", "สวัสดีครับ")},
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from jaxtrans.pretrained import load_tokenizer, resolve
+
+    return load_tokenizer(resolve("embedded:smollm2"))
+
+
+@pytest.fixture(scope="module")
+def llama2(shared_data):
+    from jaxtrans.vocab.extend import hf_tokenizer_for_spm
+
+    return hf_tokenizer_for_spm(os.path.join(shared_data, "tokenizer-llama2", "tokenizer.model"))
+
+
+def test_tcot_golden_llama2(llama2):
+    ids, trained = encode_chat(llama2, TCOT)
+    assert ids.tolist() == [
+        1, 29961, 25580, 29962, 29871, 30547, 30492, 30510, 30547, 30718, 30691, 518, 29914, 25580, 29962,
+        529, 1430, 29958, 15043, 529, 1525, 5550, 1164, 1660, 29958, 6324, 727, 29991, 529, 4690, 29958,
+        29871, 30547, 30492, 30510, 30547, 30718, 30691, 30759, 30297, 30510, 30526, 29871, 2,
+    ]  # fmt: skip
+    assert trained.tolist() == [0] * 15 + [1] * 29
+    assert llama2.decode(ids) == "<s>[INST] สวัสดี [/INST] <EN> Hello <RESPONSE> Hi there! <TH> สวัสดีครับ </s>"
+
+
+def test_tcot_golden_smollm2(smollm2):
+    ids, trained = encode_chat(smollm2, TCOT)
+    assert len(ids) == 79 and trained.tolist() == [0] * 42 + [1] * 37
+    assert ids[42:47].tolist() == [44, 2680, 46, 38699, 2067]  # "<EN> Hello"
+    assert smollm2.decode(ids[trained == 1]) == "<EN> Hello <RESPONSE> Hi there! <TH> สวัสดีครับ<|im_end|>\n"
+    assert smollm2.decode(ids[trained == 0]).endswith("<|im_start|>user\nสวัสดี<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("tok_name", ["smollm2", "llama2"])
+def test_recovery_taco_and_multi_turn(tok_name, request):
+    tok = request.getfixturevalue(tok_name)
+    end = "<|im_end|>\n" if tok_name == "smollm2" else " </s>"
+    rec = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": recovery_answer("Blue.")}]
+    ids, trained = encode_chat(tok, rec)
+    assert tok.decode(ids[trained == 1]) == "<RESPONSE> Blue." + end
+    answer = taco_answer("Say hi", "Hi!", "नमस्ते!", "Nepali")
+    taco = [{"role": "user", "content": "नमस्ते भन्नुहोस्"}, {"role": "assistant", "content": answer}]
+    ids, trained = encode_chat(tok, taco)
+    expected = "Instruction in English: Say hi\nResponse in English: Hi!\nResponse in Nepali: नमस्ते!" + end
+    assert tok.decode(ids[trained == 1]) == expected
+    chat = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "How are you?"},
+        {"role": "assistant", "content": "Fine."},
+    ]
+    ids, trained = encode_chat(tok, chat)
+    runs = np.flatnonzero(np.diff(np.concatenate([[0], trained, [0]])))  # start/stop of trained spans
+    spans = [tok.decode(ids[a:b]) for a, b in zip(runs[::2], runs[1::2], strict=True)]
+    assert spans == ["Hello!" + end, "Fine." + end]  # both assistant turns, nothing of the user's
+    with pytest.raises(JaxtransError, match="must end with an assistant message"):
+        encode_chat(tok, chat[:3])
+
+
+def test_tags_are_configurable():
+    assert tcot_answer("q", "a", "ก", Tags(target="<NE>")) == "<EN> q <RESPONSE> a <NE> ก"
+
+
+def test_packing_keeps_examples_apart(smollm2):
+    examples = [encode_text(smollm2, t) for t in ["one two three", "four", "five six seven eight nine ten"]]
+    rows, stats = pack(examples, seq_len=16, pad_id=2)
+    assert stats.rows == 1 and stats.examples == 3
+    seg, pos, tgt, tok = rows["segment_ids"][0], rows["positions"][0], rows["targets"][0], rows["tokens"][0]
+    start = 0
+    for k, (ids, _) in enumerate(examples, 1):
+        n = len(ids) - 1
+        assert (seg[start : start + n] == k).all()
+        assert pos[start : start + n].tolist() == list(range(n))
+        assert tgt[start : start + n].tolist() == ids[1:].tolist()  # targets never cross into the next example
+        assert tok[start : start + n].tolist() == ids[:-1].tolist()
+        start += n
+    assert (seg[start:] == 0).all() and (rows["loss_mask"][0][start:] == 0).all()
+    long = [(np.arange(40), np.ones(40, np.int32))]
+    assert pack(long, 16)[1].truncated == 1 and pack(long, 16, too_long="skip")[1].skipped == 1
+    with pytest.raises(JaxtransError, match="example 0 has 40 tokens, more than the 16-token rows"):
+        pack(long, 16, too_long="error")
