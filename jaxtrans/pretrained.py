@@ -80,12 +80,46 @@ def _download(repo_id: str) -> str:
 
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:
-    """A transformers fast tokenizer for the model (GGUF tokenizers are converted by transformers)."""
+    """A transformers fast tokenizer for the model."""
     from transformers import AutoTokenizer
 
     if resolved.kind == "gguf":
-        return AutoTokenizer.from_pretrained(os.path.dirname(resolved.path), gguf_file=os.path.basename(resolved.path))
+        return _gguf_tokenizer(resolved.path)
     return AutoTokenizer.from_pretrained(resolved.path)
+
+
+_GGUF_SPECIAL = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id"}
+_GGUF_SPECIAL["pad_token"] = "padding_token_id"
+
+
+def _gguf_tokenizer(path: str) -> Any:
+    """The tokenizer a GGUF file describes, built as transformers builds it, without torch.
+
+    transformers' ``AutoTokenizer(..., gguf_file=...)`` reads the file with a
+    reader that imports torch, which jaxtrans never requires. We read the
+    metadata with the ``gguf`` package and hand it to transformers' own
+    (torch-free) GGUF tokenizer conversion; a test checks both give the same
+    tokenizer.
+    """
+    import gguf
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    reader = gguf.GGUFReader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    grouped = {
+        group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
+    tokenizer_dict, tokenizer_config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if tokenizer_dict.get("tokenizer_type") == "llama":
+        tokenizer_config.setdefault("add_bos_token", True)
+    for name, key in _GGUF_SPECIAL.items():
+        token_id = meta.get(f"tokenizer.ggml.{key}")
+        tokenizer_config[name] = tokenizer_dict["tokens"][token_id] if token_id is not None else None
+    architecture = reader.fields["general.architecture"].contents()
+    backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
 
 
 @dataclasses.dataclass

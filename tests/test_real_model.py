@@ -64,3 +64,19 @@ def test_greedy_decoding_matches_transformers_generate(smollm2):
     ref = ref[0, len(ids) :].tolist()
     assert len(ours) == 32
     assert ours == ref, (tokenizer.decode(ours), tokenizer.decode(ref))
+
+
+def test_torch_free_gguf_tokenizer_equals_transformers(smollm2):
+    """jaxtrans reads GGUF tokenizers without torch; transformers' own GGUF route (which needs torch) agrees."""
+    from transformers import AutoTokenizer
+
+    _, ours = smollm2
+    path = resolve("embedded:smollm2").path
+    ref = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    assert ours.get_vocab() == ref.get_vocab() and ours.special_tokens_map == ref.special_tokens_map
+    for text in ["Hello world!  Tabs\tand 12345 digits", "สวัสดีครับ ผมชื่อ", "<|im_start|>user\nhi<|im_end|>"]:
+        assert ours(text)["input_ids"] == ref(text)["input_ids"]
+    messages = [{"role": "user", "content": "hi"}]
+    assert ours.apply_chat_template(messages, add_generation_prompt=True) == ref.apply_chat_template(
+        messages, add_generation_prompt=True
+    )
