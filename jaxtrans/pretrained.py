@@ -88,8 +88,12 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
     return AutoTokenizer.from_pretrained(resolved.path)
 
 
-_GGUF_SPECIAL = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id"}
-_GGUF_SPECIAL["pad_token"] = "padding_token_id"
+_GGUF_SPECIAL = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
 
 
 def _gguf_tokenizer(path: str) -> Any:

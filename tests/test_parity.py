@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,25 @@ def test_logits_match_transformers(tmp_path, case):
     valid = mask.astype(bool)
     diff = np.abs(ours - ref)[valid].max()
     assert diff <= 1e-5, f"{case}: max |jaxtrans - transformers| = {diff:.2e}"
+    _check_export_layout(model, path)
+
+
+def _check_export_layout(model, path):
+    """The layout table maps back exactly (what export will write), and the config survives a round trip."""
+    from flax import traverse_util
+    from safetensors.numpy import load_file
+
+    from jaxtrans.checkpoint.loader import hf_layout
+    from jaxtrans.model.config import from_hf_config, to_hf_config
+
+    assert from_hf_config(to_hf_config(model.config)) == model.config
+    saved = load_file(os.path.join(path, "model.safetensors"))
+    flat = traverse_util.flatten_dict(model.params)
+    for param, entry in hf_layout(model.config).items():
+        ours = np.asarray(flat[param])
+        for layer in range(model.config.num_layers) if entry.stacked else [None]:
+            name = entry.template.format(layer) if layer is not None else entry.template
+            np.testing.assert_array_equal(entry.to_hf(ours[layer] if layer is not None else ours), saved[name])
 
 
 def test_packed_segments_equal_separate_runs(tmp_path):

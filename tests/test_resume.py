@@ -145,7 +145,7 @@ def test_checkpoint_holds_only_the_trainable_state(tmp_path):
     mesh2 = sharding.make_mesh(2, 2, 2)
     trainer2 = Trainer(cfg, trainer.adapters, trainer.optim, mesh2)
     ckpt = Checkpointer(str(tmp_path / "ckpt"))
-    restored, meta = ckpt.restore(state, trainer2.state_shardings(None))
+    restored, meta = ckpt.restore(state, trainer2.state_shardings())
     ckpt.close()
     assert meta["data"] == {"position": 0}
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):

@@ -46,7 +46,7 @@ def test_meshes_agree_and_state_is_sharded_by_the_rules():
         for a, b in zip(jax.tree.leaves(state.trainable), jax.tree.leaves(ref_state.trainable), strict=True):
             assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5, mesh
         # the trained state carries exactly the shardings the rules table gives
-        expected = trainer.state_shardings(None)
+        expected = trainer.state_shardings()
         for arr, sh in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
             assert arr.sharding.is_equivalent_to(sh, arr.ndim), (mesh, arr.shape, arr.sharding, sh)
     trainer, state, _, _ = results[(2, 2, 2)]
@@ -74,7 +74,7 @@ def test_lora_step_flops_show_no_frozen_weight_gradients():
     base = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_rep()), base)
     state = jax.eval_shape(lambda: trainer.init_state(llama.init_params(cfg)))
     state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, trainer.state_shardings(None)
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, trainer.state_shardings()
     )
     batch = {k: jax.ShapeDtypeStruct((1, 4, 128), jnp.int32, sharding=_rep()) for k in examples(n=1)}
 

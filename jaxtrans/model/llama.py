@@ -25,6 +25,7 @@ heads, k = kv heads, h = head_dim, s = key slots, f = mlp, v = vocab.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -372,8 +373,12 @@ class Llama(nn.Module):
         return logits_btv, new_cache
 
 
+@functools.cache
 def abstract_variables(cfg: ModelConfig, adapters: Adapters = Adapters()) -> dict[str, Any]:
-    """Every collection's shapes, dtypes and logical axes (``nn.LogicallyPartitioned``), nothing allocated."""
+    """Every collection's shapes, dtypes and logical axes (``nn.LogicallyPartitioned``), nothing allocated.
+
+    Cached: both configs are frozen, and every caller builds new trees from the result rather than changing it.
+    """
     model = Llama(cfg, adapters)
     tokens = jnp.zeros((1, 1), jnp.int32)
     return dict(jax.eval_shape(lambda: model.init(jax.random.key(0), tokens)))

@@ -122,7 +122,7 @@ def train(
 ) -> TrainState:
     """Train until ``loop.total_steps``, resuming from ``run_dir/checkpoints`` if it holds a step."""
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), loop.max_to_keep, loop.async_save)
-    shardings = trainer.state_shardings(base)
+    shardings = trainer.state_shardings()
     if init_trainable is not None:
         state = trainer.make_state(base, init_trainable, seed)
     else:
@@ -130,7 +130,8 @@ def train(
     if ckpt.latest_step() is not None:
         state, saved = ckpt.restore(state, shardings)
         data.restore(saved["data"])
-    step_fn = trainer.compiled_step(base)
+    jitted_step = trainer.compiled_step(base)
+    step_fn = None  # compiled ahead of time on the first batch: that one executable also gives the FLOP count
     batch_sharding = trainer.batch_sharding()
     flops = None
     writer = MetricsWriter(run_dir)
@@ -150,8 +151,9 @@ def train(
             while step < loop.total_steps:
                 local = next(data)
                 batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
-                if flops is None:
-                    flops = _step_flops(step_fn, state, base, batch)
+                if step_fn is None:
+                    step_fn = jitted_step.lower(state, base, batch).compile()
+                    flops = _step_flops(step_fn)
                 t0 = time.perf_counter()
                 state, metrics = step_fn(state, base, batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -183,10 +185,10 @@ def train(
     return state
 
 
-def _step_flops(step_fn: Any, state: TrainState, base: Any, batch: dict) -> float | None:
+def _step_flops(compiled: Any) -> float | None:
     """FLOPs of one compiled step from XLA's cost analysis (None where the backend gives none)."""
     try:
-        cost = step_fn.lower(state, base, batch).compile().cost_analysis()
+        cost = compiled.cost_analysis()
     except Exception:  # cost analysis is best effort on some backends
         return None
     if isinstance(cost, list):

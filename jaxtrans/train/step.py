@@ -108,7 +108,7 @@ class Trainer:
     def batch_sharding(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec(None, ("data", "fsdp"), None))
 
-    def state_shardings(self, base: Any) -> TrainState:
+    def state_shardings(self) -> TrainState:
         """Shardings of a TrainState: optimizer moments follow their parameters, scalars are replicated."""
         trainable_sh = self.trainable_shardings()
         base_abstract = nn.meta.unbox(llama.abstract_params(self.cfg, self.adapters))
@@ -153,7 +153,7 @@ class Trainer:
 
     def make_state(self, base: Any, trainable: dict[str, Any], seed: int = 0) -> TrainState:
         """A step-0 state around given trainable collections (e.g. handed over from a previous stage)."""
-        shardings = self.state_shardings(base)
+        shardings = self.state_shardings()
         init = jax.jit(
             lambda b, t: TrainState(
                 step=jnp.zeros((), jnp.int32),
@@ -209,7 +209,7 @@ class Trainer:
 
     def compiled_step(self, base: Any) -> Callable:
         """The step as one ``jax.jit`` with explicit in/out shardings and the state donated."""
-        state_sh = self.state_shardings(base)
+        state_sh = self.state_shardings()
         base_sh = jax.tree.map(lambda x: x.sharding, base)
         batch_sh = {k: self.batch_sharding() for k in BATCH_KEYS}
         rep = shd.replicated(self.mesh)
