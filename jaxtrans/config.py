@@ -102,3 +102,99 @@ def validate(cfg: config_dict.ConfigDict) -> None:
         size = cfg.mesh[axis]
         if size == 0 or size < -1:
             raise JaxtransError(f"mesh.{axis}={size}: mesh sizes are positive, or -1 for 'the remaining devices'")
+
+
+def lora_defaults(**overrides: Any) -> config_dict.ConfigDict:
+    """The adapter block: LoRA (PEFT semantics), QLoRA via ``quantized``, full training of ``modules_to_save``."""
+    block = {
+        "rank": 8,
+        "alpha": 16.0,
+        "dropout": 0.0,
+        "targets": "all-linear",  # all-linear | q,k,v,o,gate,up,down (any subset) | HF names (q_proj ...)
+        "rslora": False,
+        "quantized": False,  # QLoRA: the frozen block weights stored as NF4
+        "modules_to_save": (),  # e.g. ("embedding",) to train whole embeddings (PEFT's modules_to_save)
+    }
+    block.update(overrides)
+    return config_dict.ConfigDict(block)
+
+
+def source(path: str, **options: Any) -> config_dict.ConfigDict:
+    """A data source block (see ``jaxtrans.data.sources``); every key present so overrides can reach it."""
+    block = {
+        "path": path,
+        "format": "auto",
+        "columns": {},
+        "aligned": "",
+        "split": "train",
+        "streaming": False,
+        "limit": 0,
+        "skip": 0,
+        "skip_bad": False,
+    }
+    block.update(options)
+    return config_dict.ConfigDict(block)
+
+
+def component(kind: str, src: config_dict.ConfigDict, weight: float = 1.0, **options: Any) -> config_dict.ConfigDict:
+    """One data component of a train stage: its kind, source and mixture weight."""
+    block = {"kind": kind, "source": src, "weight": weight, "directions": "both", "style": "chat", "system": ""}
+    block.update(options)
+    return config_dict.ConfigDict(block)
+
+
+def train_stage(data: dict[str, config_dict.ConfigDict], **overrides: Any) -> config_dict.ConfigDict:
+    """A train stage block: optimisation, batch shape and its data mixture."""
+    block = {
+        "kind": "train",
+        "steps": 100,
+        "learning_rate": 2e-4,
+        "schedule": "cosine",
+        "warmup_steps": 0,
+        "end_lr_ratio": 0.0,
+        "weight_decay": 0.0,
+        "seq_len": 512,
+        "batch_size": 8,
+        "accum": 1,
+        "too_long": "truncate",  # truncate | skip | error
+        "streaming": False,
+        "save_every": 50,
+        "eval_every": 0,
+        "data": config_dict.ConfigDict(data),
+    }
+    block.update(overrides)
+    return config_dict.ConfigDict(block)
+
+
+def vocab_stage(corpus: config_dict.ConfigDict, **overrides: Any) -> config_dict.ConfigDict:
+    """A vocabulary-extension stage block (Bailong): tokenizer training and new-row initialisation."""
+    block = {
+        "kind": "vocab",
+        "corpus": corpus,
+        "new_tokens": 8000,
+        "special_tokens": ("<EN>", "<TH>", "<RESPONSE>"),
+        "pad_to_multiple": 128,
+        "min_frequency": 2,
+        "init": "zip_tie",  # zip_tie | mean | random
+        "head_init": "zip_tie",  # untied heads: zip_tie | first
+    }
+    block.update(overrides)
+    return config_dict.ConfigDict(block)
+
+
+def run_defaults() -> config_dict.ConfigDict:
+    """The keys every pipeline config has besides its stages."""
+    cfg = config_dict.ConfigDict()
+    cfg.model = model_defaults()
+    cfg.mesh = mesh_defaults()
+    cfg.lora = lora_defaults()
+    cfg.language = config_dict.ConfigDict({"code": "th", "name": "Thai", "tag": "<TH>"})
+    cfg.generation = config_dict.ConfigDict({"batch_size": 16, "max_new_tokens": 128})
+    cfg.translator = config_dict.ConfigDict({"model": "self"})  # self | none | a model path
+    cfg.eval = config_dict.ConfigDict(
+        {"th_text": None, "en_text": None, "en_prompts": None, "th_prompts": None, "max_new_tokens": 64}
+    )
+    cfg.seed = 0
+    cfg.progress = True
+    cfg.output_dir = "runs/run"
+    return cfg

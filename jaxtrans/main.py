@@ -1,58 +1,36 @@
 """``python -m jaxtrans.main --config configs/thai.py[:variant] [--config.key=value ...]``.
 
-Today the job loads the configured chat model onto the configured mesh and
-answers the config's prompts with its chat template, writing them to
-``<output_dir>/chat.jsonl``. The transfer pipeline's stages will run here.
+Runs the config's curriculum (see ``jaxtrans.pipeline``): vocabulary
+extension, the train stages with their data mixtures, and the report
+(``<output_dir>/report.md``). Re-running the same command resumes where the
+last run stopped.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxtrans.config import precheck, validate
+from jaxtrans.config import precheck
 from jaxtrans.errors import JaxtransError
 
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: schedulers may requeue; the same command resumes
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: path.py[:variant]", lock_config=True)
 
 
-def run(cfg) -> list[dict]:
-    """Load the model and answer the config's chat prompts; returns the answers."""
-    from jaxtrans import sharding
-    from jaxtrans.infer.chat import chat_ids
-    from jaxtrans.infer.generate import SamplingConfig, generate
-    from jaxtrans.pretrained import load_pretrained
+def run(cfg) -> dict:
+    """Run (or resume) the pipeline; returns the report."""
+    from jaxtrans import pipeline
 
-    validate(cfg)
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    t0 = time.time()
-    model, tokenizer = load_pretrained(
-        cfg.model.path,
-        dtype=cfg.model.dtype,
-        param_dtype=cfg.model.param_dtype,
-        remat=cfg.model.remat,
-        attention=cfg.model.attention,
-        mesh=mesh,
-    )
-    print(f"loaded {cfg.model.path}: {model.config.num_params / 1e6:.1f}M parameters in {time.time() - t0:.1f}s")
-    prompts, stop_ids = chat_ids(tokenizer, list(cfg.chat.prompts))
-    sampling = SamplingConfig(max_new_tokens=cfg.chat.max_new_tokens)
-    outputs = generate(model.config, {"params": model.params}, prompts, sampling, stop_ids, tokenizer.pad_token_id or 0)
-    answers = []
-    for question, ids in zip(cfg.chat.prompts, outputs, strict=True):
-        answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        answers.append({"prompt": question, "answer": answer})
-        print(f"\n> {question}\n{answer}")
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    with open(os.path.join(cfg.output_dir, "chat.jsonl"), "w") as f:
-        for row in answers:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return answers
+    try:
+        report = pipeline.run(cfg)
+    except pipeline.Preempted as e:
+        print(f"jaxtrans: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
+    print(f"\nreport: {cfg.output_dir}/report.md")
+    return report
 
 
 def _main(argv: list[str]) -> None:

@@ -87,8 +87,8 @@ def _main(*args: str) -> subprocess.CompletedProcess:
             "config key 'model.pth' does not exist; did you mean model.path?",
         ),
         (
-            ["--config", "configs/thai.py", "--config.chat.max_new_tokens=abc"],
-            "bad command line: flag --config.chat.max_new_tokens=abc",
+            ["--config", "configs/thai.py", "--config.eval.max_new_tokens=abc"],
+            "bad command line: flag --config.eval.max_new_tokens=abc",
         ),
         (["--config", "configs/thai.py", "--config.model.dtype=float8"], "model.dtype='float8' is not one of"),
         (

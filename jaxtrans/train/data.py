@@ -8,6 +8,7 @@ integer, saved with each checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -64,3 +65,69 @@ class InMemoryBatches:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.position = int(state["position"])
+
+
+class StreamingBatches:
+    """Batches from a deterministic stream of this process's rows (``make_rows()`` restarts it).
+
+    For data larger than memory: the position is the number of batches consumed,
+    and :meth:`restore` replays the stream to it, so a resumed run sees exactly
+    the rows an uninterrupted one would have (at the cost of re-reading them).
+    """
+
+    def __init__(self, make_rows: Callable[[], Iterator[dict[str, np.ndarray]]], local_batch: int, accum: int = 1):
+        self.make_rows, self.local_batch, self.accum = make_rows, local_batch, accum
+        self.rows = make_rows()
+        self.position = 0
+
+    def _take(self) -> dict[str, np.ndarray]:
+        n = self.local_batch * self.accum
+        rows = [next(self.rows) for _ in range(n)]
+        return {k: np.stack([r[k] for r in rows]).reshape(self.accum, self.local_batch, -1) for k in BATCH_KEYS}
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self.position += 1
+        return self._take()
+
+    def __iter__(self) -> StreamingBatches:
+        return self
+
+    def state(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rows = self.make_rows()
+        for _ in range(int(state["position"])):
+            self._take()
+        self.position = int(state["position"])
+
+
+class LazyBatches:
+    """Builds the real batch source on first use, so a finished or resumed stage skips data work it does not need."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
+        self.inner: Any = None
+        self.pending: dict[str, Any] | None = None
+
+    def _get(self) -> Any:
+        if self.inner is None:
+            self.inner = self.factory()
+            if self.pending is not None:
+                self.inner.restore(self.pending)
+        return self.inner
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._get())
+
+    def __iter__(self) -> LazyBatches:
+        return self
+
+    def state(self) -> dict[str, Any]:
+        return self._get().state() if self.inner is not None else dict(self.pending or {"position": 0})
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if self.inner is None:
+            self.pending = dict(state)
+        else:
+            self.inner.restore(state)

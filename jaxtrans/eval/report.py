@@ -1,0 +1,71 @@
+"""The run report as Markdown: per-stage data and losses, held-out loss and English retention at each point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxtrans.data.formats import Tags
+from jaxtrans.eval.measures import agreement
+from jaxtrans.infer.tcot import parse
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, float) else ("–" if x is None else str(x))
+
+
+def write_markdown(path: str, report: dict, tags: Tags = Tags(), samples: int = 3) -> None:
+    points = report["points"]
+    base = points[0]
+    lines = [f"# jaxtrans run report — {report.get('model', '')}", ""]
+    lines += [
+        "## Stages",
+        "",
+        "| stage | kind | steps | loss first → last | start state | end state |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, st in report.get("stages", {}).items():
+        if st["kind"] == "vocab":
+            lines.append(
+                f"| {name} | vocab (+{st['new_tokens']} tokens, {st['init']}) | | | | rows {st['new_rows_digest']} |"
+            )
+        else:
+            losses = f"{_fmt(st['loss_first'])} → {_fmt(st['loss_last'])}"
+            lines.append(f"| {name} | train | {st['steps']} | {losses} | {st['digest_in']} | {st['digest_out']} |")
+    lines += ["", "Each train stage starts from the state the previous one ended with (same digest).", ""]
+    for st in report.get("stages", {}).values():
+        for comp in st.get("data") or []:
+            rd, pk = comp["read"], comp["pack"] or {}
+            lines.append(
+                f"- `{comp['name']}` ({comp['kind']}, {comp['source']}): {rd['records']} records, "
+                f"{rd['skipped']} skipped, {comp['examples']} examples, {pk.get('truncated', 0)} truncated, "
+                f"{pk.get('rows', 0)} packed rows, {comp['rows_used']} rows used ({comp['epochs']:.2f} epochs)"
+            )
+    lines += ["", "## Held-out loss and English retention", ""]
+    lines += ["Loss is nats per character (comparable across tokenizers). Agreement compares greedy answers to "
+              "English prompts with the original model's (the `<RESPONSE>` tag removed).", ""]  # fmt: skip
+    lines += [
+        "| point | target text | English text | English answers: exact | chrF vs original |",
+        "|---|---|---|---|---|",
+    ]
+    for p in points:
+        agree = {"exact_match": None, "chrf": None}
+        if "en_answers" in p and "en_answers" in base:
+            agree = agreement(base["en_answers"], [parse(a, tags).answer or a for a in p["en_answers"]])
+        lines.append(
+            f"| {p['label']} | {_fmt(p.get('th_nats_per_char'))} | {_fmt(p.get('en_nats_per_char'))} | "
+            f"{_fmt(agree['exact_match'], 2)} | {_fmt(agree['chrf'], 1)} |"
+        )
+    last = points[-1]
+    for key, title in (("en_answers", "English prompts"), ("th_answers", "Target-language prompts")):
+        if key not in base:
+            continue
+        lines += ["", f"## Samples: {title} (first {samples})", ""]
+        for i in range(min(samples, len(base[key]))):
+            lines.append(f"**{i + 1}.** before: {base[key][i]!r}")
+            after = last[key][i]
+            parts = parse(after, tags)
+            shown = parts.answer if parts.answer is not None else after
+            lines.append(f"   after: {shown!r}" + ("" if shown == after else f" (full: {after!r})"))
+            lines.append("")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")

@@ -1,0 +1,433 @@
+"""The transfer pipeline: run a config's curriculum of stages, resumably, and write a report.
+
+``cfg.curriculum`` is the ordered list of stage names; ``cfg.stages[name]`` is
+each stage's block, whose ``kind`` is
+
+* ``vocab``: extend the tokenizer with target-language tokens (Bailong) and
+  start the new rows with zip-tie (must come before any train stage);
+* ``train``: LoRA (QLoRA when ``lora.quantized``) on a mixture of data
+  components (see ``jaxtrans.data.stages``), starting from the previous train
+  stage's adapters and new-token rows.
+
+Everything a stage produces lives under ``output_dir/stages/NAME`` (orbax
+checkpoints, metrics, generation caches). Re-running the same command resumes:
+finished stages are restored, not retrained; the interrupted one continues
+from its last checkpoint at the same data position; generation caches are
+reused line by line. Before any stage runs, the curriculum, every data
+component and the mesh are checked, so a bad config fails in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtrans import sharding
+from jaxtrans.config import validate
+from jaxtrans.data import formats
+from jaxtrans.data.generated import cached_generate
+from jaxtrans.data.sources import Source, read
+from jaxtrans.data.stages import Component, Fillers, Language, build_rows, stream_rows
+from jaxtrans.errors import JaxtransError
+from jaxtrans.eval import measures
+from jaxtrans.model import llama
+from jaxtrans.model.lora import LoraConfig
+
+STAGE_KINDS = ("vocab", "train")
+
+
+class Preempted(Exception):
+    """A stage saved its state on SIGTERM and stopped; re-running the command resumes it."""
+
+
+# ---------------------------------------------------------------- config checks
+
+
+def _components(name: str, stage: Any) -> list[Component]:
+    if "data" not in stage or not stage.data:
+        raise JaxtransError(f"stage {name!r} has no data components; add stages.{name}.data.<component>")
+    return [Component.from_config(f"{name}.{k}", v) for k, v in stage.data.items()]
+
+
+def check(cfg: Any) -> None:
+    """Config checks that need no model or data: stage names and kinds, component blocks, numbers."""
+    validate(cfg)
+    if not cfg.get("curriculum"):
+        raise JaxtransError("the config has no curriculum; set curriculum = (stage names in order)")
+    seen_train = False
+    for name in cfg.curriculum:
+        if name not in cfg.stages:
+            raise JaxtransError(f"curriculum stage {name!r} has no block in stages (stages: {', '.join(cfg.stages)})")
+        stage = cfg.stages[name]
+        if stage.kind not in STAGE_KINDS:
+            raise JaxtransError(f"stage {name!r}: kind {stage.kind!r} is not one of {', '.join(STAGE_KINDS)}")
+        if stage.kind == "vocab" and seen_train:
+            raise JaxtransError(f"vocab stage {name!r} must come before every train stage")
+        if stage.kind == "train":
+            seen_train = True
+            _components(name, stage)
+            for key in ("steps", "batch_size", "seq_len"):
+                if stage[key] <= 0:
+                    raise JaxtransError(f"stages.{name}.{key} must be positive, got {stage[key]}")
+            if stage.get("accum", 1) <= 0:
+                raise JaxtransError(f"stages.{name}.accum must be positive")
+            if not 0 <= stage.warmup_steps <= stage.steps:
+                raise JaxtransError(
+                    f"stages.{name}.warmup_steps={stage.warmup_steps} must be between 0 and steps={stage.steps}"
+                )
+    LoraConfig.make(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.lora.rslora)
+
+
+# ---------------------------------------------------------------- run state
+
+
+@dataclasses.dataclass
+class Run:
+    """What the stages share and hand to each other."""
+
+    cfg: Any
+    mesh: Any
+    model_cfg: Any
+    float_base: Any  # the frozen base as loaded, for zip-tie; dropped once the base is quantised
+    base: Any  # the frozen base the train step reads (NF4 when quantized)
+    base_tokenizer: Any
+    tokenizer: Any
+    adapters: llama.Adapters
+    lang: Language
+    out: str
+    new_rows: dict | None = None
+    trainable: dict | None = None
+    eval_texts: list[str] = dataclasses.field(default_factory=list)  # held-out target text for in-stage evals
+    report: dict = dataclasses.field(default_factory=dict)
+
+    def view(self, trained: bool = True) -> measures.ModelView:
+        """The model with the current adapters, or (``trained=False``) the frozen chat model itself."""
+        if not trained or self.trainable is None:
+            frozen = llama.Adapters(quantized=self.adapters.quantized)
+            return measures.ModelView(self.model_cfg, frozen, {"params": self.base}, self.base_tokenizer)
+        variables = {"params": self.base, **{k: v for k, v in self.trainable.items() if k != "base"}}
+        if "base" in self.trainable:
+            variables["params"] = {**self.base, **self.trainable["base"]}
+        return measures.ModelView(self.model_cfg, self.adapters, variables, self.tokenizer)
+
+
+def digest(tree: Any) -> str:
+    """A short hash of a pytree's values, to show in the report which state a stage started and ended with."""
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(tree), key=lambda kv: jax.tree_util.keystr(kv[0])):
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.asarray(jax.device_get(leaf)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _write_json(path: str, obj: Any) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- generation fillers
+
+
+def _generator(run: Run, view: measures.ModelView, label: str, stage_dir: str, what: str) -> Any:
+    gen = run.cfg.generation
+
+    def batch_fn(prompts: list[str]) -> list[str]:
+        return measures.answers(view, prompts, gen.max_new_tokens, gen.batch_size)
+
+    def fn(texts: list[str]) -> list[str]:
+        settings = f"{label}|{gen.max_new_tokens}"
+        path = os.path.join(stage_dir, "generated", f"{what}.jsonl")
+        return cached_generate(path, texts, batch_fn, settings, gen.batch_size, desc=what)
+
+    return fn
+
+
+def fillers(run: Run, stage_dir: str) -> Fillers:
+    """English answers from the frozen base; translations from the configured translator."""
+    answer = _generator(run, run.view(trained=False), f"base:{run.cfg.model.path}", stage_dir, "answers")
+    t = run.cfg.translator
+    to_target = to_english = None
+    if t.model == "self":
+        if run.trainable is None:
+            to_target = None  # nothing trained yet: a stage needing translations fails with a clear message
+        else:
+            view = run.view()
+            label = f"self:{digest(run.trainable)}"
+            fwd = _generator(run, view, label, stage_dir, "to_target")
+            bwd = _generator(run, view, label, stage_dir, "to_english")
+
+            def to_target(texts: list[str]) -> list[str]:
+                prompts = [formats.translate_prompt(x, "English", run.lang.name) for x in texts]
+                return fwd(prompts)
+
+            def to_english(texts: list[str]) -> list[str]:
+                return bwd([formats.translate_prompt(x, run.lang.name, "English") for x in texts])
+    elif t.model != "none":
+        from jaxtrans.pretrained import load_pretrained
+
+        other, tok = load_pretrained(t.model, dtype=run.cfg.model.dtype, mesh=run.mesh)
+        view = measures.ModelView(other.config, llama.Adapters(), {"params": other.params}, tok)
+        fwd = _generator(run, view, f"model:{t.model}", stage_dir, "to_target")
+
+        def to_target(texts: list[str]) -> list[str]:
+            return fwd([formats.translate_prompt(x, "English", run.lang.name) for x in texts])
+
+    return Fillers(answer=answer, to_target=to_target, to_english=to_english)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def run_vocab(run: Run, name: str, stage: Any) -> None:
+    from jaxtrans.vocab import extend as vx
+    from jaxtrans.vocab.init import prepare
+
+    out_dir = os.path.join(run.out, "tokenizer")
+    if not os.path.isfile(os.path.join(out_dir, vx.REPORT)):
+        src = Source.from_config(stage.corpus)
+        texts = [r["text"] for r in read(src, ("text",))]
+        corpus_file = os.path.join(run.out, "stages", name, "corpus.txt")
+        os.makedirs(os.path.dirname(corpus_file), exist_ok=True)
+        with open(corpus_file, "w", encoding="utf-8") as f:
+            f.writelines(t.replace("\n", " ") + "\n" for t in texts)
+        xcfg = vx.ExtendConfig(
+            language=run.cfg.language.code,
+            new_tokens=stage.new_tokens,
+            special_tokens=tuple(stage.special_tokens),
+            pad_to_multiple=stage.pad_to_multiple,
+            min_frequency=stage.min_frequency,
+        )
+        vx.extend(run.cfg.model.path, [corpus_file], xcfg, out_dir, overwrite=True)
+    from transformers import AutoTokenizer
+
+    run.tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    run.adapters, run.new_rows = prepare(run.model_cfg, run.float_base, out_dir, stage.init, stage.head_init)
+    report = vx.load_report(out_dir)
+    run.report.setdefault("stages", {})[name] = {
+        "kind": "vocab",
+        "new_tokens": report["new_tokens"],
+        "padding_rows": report["padding_rows"],
+        "vocab_size": report["vocab_size"],
+        "init": stage.init,
+        "new_rows_digest": digest(run.new_rows),
+    }
+
+
+def run_train(run: Run, name: str, stage: Any) -> None:
+    from jaxtrans.train.data import InMemoryBatches, LazyBatches, StreamingBatches
+    from jaxtrans.train.loop import LoopConfig, train
+    from jaxtrans.train.optim import OptimConfig
+    from jaxtrans.train.step import Trainer
+
+    stage_dir = os.path.join(run.out, "stages", name)
+    components = _components(name, stage)
+    optim = OptimConfig(
+        learning_rate=stage.learning_rate,
+        schedule=stage.schedule,
+        warmup_steps=stage.warmup_steps,
+        total_steps=stage.steps,
+        end_lr_ratio=stage.get("end_lr_ratio", 0.0),
+        weight_decay=stage.get("weight_decay", 0.0),
+    )
+    trainer = Trainer(run.model_cfg, run.adapters, optim, run.mesh, modules_to_save=tuple(run.cfg.lora.modules_to_save))
+    accum = stage.get("accum", 1)
+    if stage.batch_size % jax.process_count():
+        raise JaxtransError(
+            f"stages.{name}.batch_size={stage.batch_size} is not divisible by the {jax.process_count()} processes"
+        )
+    dp = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
+    if stage.batch_size % dp:
+        raise JaxtransError(
+            f"stages.{name}.batch_size={stage.batch_size} is not divisible by the data-parallel size {dp} "
+            f"(mesh data x fsdp); use a multiple of {dp}"
+        )
+    if run.trainable is None:  # the first train stage: fresh adapters, zip-tie rows
+        init = trainer.init_state(run.base, run.cfg.seed).trainable
+        if run.new_rows is not None:
+            sh = trainer.trainable_shardings()["new_rows"]
+            init["new_rows"] = jax.device_put({k: np.asarray(v) for k, v in run.new_rows.items()}, sh)
+    else:
+        init = run.trainable
+    digest_in = digest(init)
+    data_report: list = []
+    process = (jax.process_index(), jax.process_count())
+    seed = run.cfg.seed
+
+    def make_data() -> Any:
+        fill = fillers(run, stage_dir)
+        if stage.get("streaming", False):
+            local = stage.batch_size // jax.process_count()
+            return StreamingBatches(
+                lambda: stream_rows(
+                    components, run.tokenizer, run.lang, fill, stage.seq_len, stage.too_long, seed, process
+                ),  # fmt: skip
+                local,
+                accum,
+            )
+        rows, reports = build_rows(
+            components, run.tokenizer, run.lang, fill, stage.seq_len, stage.steps * stage.batch_size * accum,
+            stage.too_long, seed,
+        )  # fmt: skip
+        data_report.extend(reports)
+        _write_json(os.path.join(stage_dir, "data.json"), [dataclasses.asdict(r) for r in reports])
+        return InMemoryBatches(rows, stage.batch_size, accum, seed)
+
+    eval_texts = run.eval_texts
+
+    def eval_fn(trainable: dict) -> dict[str, float]:
+        saved = run.trainable
+        run.trainable = trainable
+        try:
+            return {"th_nats_per_char": measures.nats_per_char(run.view(), eval_texts)} if eval_texts else {}
+        finally:
+            run.trainable = saved
+
+    loop = LoopConfig(
+        total_steps=stage.steps,
+        save_every=stage.save_every,
+        eval_every=stage.get("eval_every", 0),
+        desc=name,
+        progress=run.cfg.progress,
+    )
+    t0 = time.time()
+    state = train(
+        trainer, run.base, LazyBatches(make_data), loop, stage_dir,
+        init_trainable=init, eval_fn=eval_fn if eval_texts else None,
+        meta={"stage": name, "config": run.cfg.to_json_best_effort()}, seed=seed,
+    )  # fmt: skip
+    run.trainable = state.trainable
+    done = int(jax.device_get(state.step))
+    if done < stage.steps:  # preempted (SIGTERM): the checkpoint is saved; the same command resumes here
+        raise Preempted(f"stage {name!r} stopped at step {done} of {stage.steps}; re-run the same command to resume")
+    losses = _losses(os.path.join(stage_dir, "metrics.jsonl"))
+    run.report.setdefault("stages", {})[name] = {
+        "kind": "train",
+        "steps": stage.steps,
+        "seconds_this_run": round(time.time() - t0, 1),
+        "digest_in": digest_in,
+        "new_rows_digest_in": digest(init["new_rows"]) if "new_rows" in init else None,
+        "digest_out": digest(run.trainable),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "data": [dataclasses.asdict(r) for r in data_report] or _read_json(os.path.join(stage_dir, "data.json")),
+    }
+
+
+def _losses(path: str) -> list[float]:
+    if not os.path.isfile(path):
+        return []
+    by_step: dict[int, float] = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if "loss" in row:
+                by_step[row["step"]] = row["loss"]  # a resumed run rewrites the steps after its checkpoint
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def _read_json(path: str) -> Any:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------- evaluation points
+
+
+def _eval_sets(cfg: Any) -> dict[str, list[str]]:
+    e = cfg.eval
+    out: dict[str, list[str]] = {}
+    for key, role in (("th_text", "text"), ("en_text", "text"), ("en_prompts", "prompt"), ("th_prompts", "prompt")):
+        block = e.get(key)
+        if block:
+            src = Source.from_config(block)
+            out[key] = [r[role] for r in read(src, (role,))]
+    return out
+
+
+def measure(run: Run, label: str, sets: dict[str, list[str]], trained: bool) -> dict:
+    path = os.path.join(run.out, "eval", f"{label}.json")
+    cached = _read_json(path)
+    if cached is not None:
+        return cached
+    view = run.view(trained)
+    n = run.cfg.eval.max_new_tokens
+    result: dict[str, Any] = {"label": label}
+    if "th_text" in sets:
+        result["th_nats_per_char"] = measures.nats_per_char(view, sets["th_text"])
+    if "en_text" in sets:
+        result["en_nats_per_char"] = measures.nats_per_char(view, sets["en_text"])
+    if "en_prompts" in sets:
+        result["en_answers"] = measures.answers(view, sets["en_prompts"], n)
+    if "th_prompts" in sets:
+        result["th_answers"] = measures.answers(view, sets["th_prompts"], n)
+    _write_json(path, result)
+    return result
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(cfg: Any) -> dict:
+    """Run (or resume) the curriculum of ``cfg``; returns the report (also written as report.md / report.json)."""
+    from jaxtrans.model import nf4
+    from jaxtrans.pretrained import load_pretrained
+
+    check(cfg)
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    out = cfg.output_dir
+    _write_json(os.path.join(out, "config.json"), json.loads(cfg.to_json_best_effort()))
+    t0 = time.time()
+    model, tokenizer = load_pretrained(
+        cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
+        attention=cfg.model.attention, mesh=mesh,
+    )  # fmt: skip
+    print(f"loaded {cfg.model.path}: {model.config.num_params / 1e6:.1f}M parameters in {time.time() - t0:.1f}s")
+    lora = LoraConfig.make(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.lora.rslora)
+    tags = formats.Tags(target=cfg.language.tag)
+    r = Run(
+        cfg=cfg, mesh=mesh, model_cfg=model.config, float_base=model.params, base=model.params,
+        base_tokenizer=tokenizer, tokenizer=tokenizer, adapters=llama.Adapters(lora=lora),
+        lang=Language(cfg.language.name, tags), out=out,
+    )  # fmt: skip
+    sets = _eval_sets(cfg)
+    r.eval_texts = sets.get("th_text", [])[: cfg.eval.get("loop_texts", 32)]
+    points = [measure(r, "0_base", sets, trained=False)]
+    quantized = False
+    for i, name in enumerate(cfg.curriculum, 1):
+        stage = cfg.stages[name]
+        if stage.kind == "vocab":
+            run_vocab(r, name, stage)
+            r.adapters = dataclasses.replace(r.adapters, lora=lora)
+            continue
+        if cfg.lora.quantized and not quantized:  # after zip-tie, which reads the float embeddings
+            sh = sharding.logical_to_sharding(
+                llama.abstract_params(r.model_cfg, dataclasses.replace(r.adapters, quantized=True)), mesh
+            )
+            r.base = nf4.quantize_params(r.float_base, sh)
+            r.float_base = None
+            r.adapters = dataclasses.replace(r.adapters, quantized=True)
+            quantized = True
+        run_train(r, name, stage)
+        points.append(measure(r, f"{i}_{name}", sets, trained=True))
+    r.report["points"] = points
+    r.report["model"] = cfg.model.path
+    _write_json(os.path.join(out, "report.json"), r.report)
+    if jax.process_index() == 0:
+        from jaxtrans.eval.report import write_markdown
+
+        write_markdown(os.path.join(out, "report.md"), r.report, tags)
+    return r.report

@@ -1,0 +1,103 @@
+"""End to end: every stage kind on a tiny random model with real data; hand-off between stages; resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, tiny_hf_model
+
+CONFIG = os.path.join(REPO, "tests", "tiny_pipeline.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, shared_data):
+    """A random tiny Llama that speaks SmolLM2's tokenizer (byte-level BPE with a chat template)."""
+    from jaxtrans.pretrained import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve("embedded:smollm2"))
+    _, path = tiny_hf_model(
+        tmp_path_factory.mktemp("model"),
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    tok.save_pretrained(path)
+    return path
+
+
+def _main(model: str, out: str, *extra: str, timeout: int = 600, wait: bool = True):
+    cmd = [sys.executable, "-m", "jaxtrans.main", f"--config={CONFIG}:{model}", f"--config.output_dir={out}", *extra]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(os.path.join(out, "report.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run") / "out")
+    return out, _main(tiny_model, out)
+
+
+def test_every_stage_kind_runs_and_hands_off(full_run):
+    out, report = full_run
+    stages = report["stages"]
+    kinds = {c["kind"] for st in stages.values() for c in st.get("data") or []}
+    assert kinds == {"pretrain", "translate", "tcot", "recovery_kd", "taco", "sft"}
+    # each train stage starts from exactly the state the previous one ended with
+    assert stages["translate"]["digest_in"] == stages["pretrain"]["digest_out"]
+    assert stages["transfer"]["digest_in"] == stages["translate"]["digest_out"]
+    assert all(st["digest_in"] != st["digest_out"] for st in stages.values() if st["kind"] == "train")
+    # the first train stage starts its new rows from the vocab stage's zip-tie rows
+    assert stages["pretrain"]["new_rows_digest_in"] == stages["vocab"]["new_rows_digest"]
+    assert stages["vocab"]["new_tokens"] >= 100
+    # generation filled the missing fields, cached to JSONL: base answers for KD/TCOT/TaCo, translations by "self"
+    gen = os.path.join(out, "stages", "transfer", "generated")
+    answers = [json.loads(line) for line in open(os.path.join(gen, "answers.jsonl"))]
+    assert len({a["input"] for a in answers}) == len(answers) == 6 + 6  # recovery + tcot prompts (taco has its answers), no duplicates
+    assert os.path.getsize(os.path.join(gen, "to_target.jsonl")) > 0
+    assert os.path.isfile(os.path.join(out, "report.md"))
+    assert [p["label"] for p in report["points"]] == ["0_base", "2_pretrain", "3_translate", "4_transfer"]
+
+
+def test_rerun_restores_finished_stages(full_run, tiny_model):
+    out, report = full_run
+    again = _main(tiny_model, out)
+    for name, st in report["stages"].items():
+        st, st_again = dict(st), dict(again["stages"][name])
+        st.pop("seconds_this_run", None)
+        assert st_again.pop("seconds_this_run", 0) < 60  # restored, not retrained
+        assert st_again == st
+
+
+def test_sigterm_mid_stage_resumes_to_the_same_adapters(full_run, tiny_model, tmp_path):
+    """Preempt (SIGTERM) inside the transfer stage, re-run the command: the end state is the uninterrupted one."""
+    _, reference = full_run
+    out = str(tmp_path / "out")
+    proc = _main(tiny_model, out, "--config.stages.transfer.learning_rate=5e-3", wait=False)
+    metrics = os.path.join(out, "stages", "transfer", "metrics.jsonl")
+    deadline = time.time() + 540
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(metrics) and open(metrics).read().count("\n") >= 1:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.2)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stdout[-3000:]
+    assert "re-run the same command to resume" in stdout
+    resumed = _main(tiny_model, out)
+    assert resumed["stages"]["transfer"]["digest_out"] == reference["stages"]["transfer"]["digest_out"]
+    steps = [json.loads(line)["step"] for line in open(metrics)]
+    assert steps[-1] == 3
