@@ -26,48 +26,38 @@ def get_config(model_dir: str) -> config_dict.ConfigDict:
     cfg.progress = False
     cfg.curriculum = ("vocab", "pretrain", "translate", "transfer")
     small = dict(steps=3, warmup_steps=1, learning_rate=5e-3, seq_len=96, batch_size=4, save_every=1)
+    pairs = source(_d("en-th-talpco", "talpco_en_th.jsonl"), columns={"src": "en", "tgt": "th"})
+    aligned = source(_d("en-th-tatoeba", "tatoeba.tha-eng.eng"), aligned=_d("en-th-tatoeba", "tatoeba.tha-eng.tha"))
+    vicuna_th = source(_d("eval-vicuna-th", "vicuna_th.jsonl"), columns={"query": "th", "en_query": "en"}, limit=6)
+    mt_bench = source(_d("eval-mt-bench", "question.jsonl"), columns={"prompt": "turns.0"}, limit=6)
+    alpaca = source(_d("en-instruct-alpaca", "alpaca_data_1k.json"), columns={"response": "output"}, limit=4)
+    sharegpt = source(_d("en-chat-sharegpt-dummy", "dummy_conversation.json"), limit=20)
+    thaigov = _d("th-thaigov", "thaigov_sample.jsonl")
     cfg.stages = config_dict.ConfigDict(
         {
-            "vocab": vocab_stage(source(_d("th-thaigov", "thaigov_sample.jsonl"), limit=40), new_tokens=200),
+            "vocab": vocab_stage(source(thaigov, limit=40), new_tokens=200),
             "pretrain": train_stage(
                 {"thai": component("pretrain", source(_d("th-wisesight", "pos.txt"), limit=200))}, **small
             ),
             "translate": train_stage(
                 {
-                    "talpco": component(
-                        "translate", source(_d("en-th-talpco", "talpco_en_th.jsonl"), columns={"src": "en", "tgt": "th"})
-                    ),
-                    "tatoeba": component(
-                        "translate",
-                        source(
-                            _d("en-th-tatoeba", "tatoeba.tha-eng.eng"), aligned=_d("en-th-tatoeba", "tatoeba.tha-eng.tha")
-                        ),
-                        weight=0.5,
-                        style="tagged",
-                    ),
+                    "talpco": component("translate", pairs),
+                    "tatoeba": component("translate", aligned, weight=0.5, style="tagged"),
                 },
                 **small,
             ),
             "transfer": train_stage(
                 {
-                    "tcot": component(
-                        "tcot", source(_d("eval-vicuna-th", "vicuna_th.jsonl"), columns={"query": "th", "en_query": "en"},
-                                       limit=6),
-                    ),
-                    "recovery": component(
-                        "recovery_kd", source(_d("eval-mt-bench", "question.jsonl"), columns={"prompt": "turns.0"}, limit=6)
-                    ),
-                    "taco": component(
-                        "taco", source(_d("en-instruct-alpaca", "alpaca_data_1k.json"), columns={"response": "output"},
-                                       limit=4),
-                    ),
-                    "chat": component("sft", source(_d("en-chat-sharegpt-dummy", "dummy_conversation.json"), limit=20)),
+                    "tcot": component("tcot", vicuna_th),
+                    "recovery": component("recovery_kd", mt_bench),
+                    "taco": component("taco", alpaca),
+                    "chat": component("sft", sharegpt),
                 },
                 **small,
             ),
         }
-    )  # fmt: skip
-    cfg.eval.th_text = source(_d("th-thaigov", "thaigov_sample.jsonl"), skip=200, limit=4)
+    )
+    cfg.eval.th_text = source(thaigov, skip=200, limit=4)
     cfg.eval.en_prompts = source(_d("eval-vicuna", "question.jsonl"), columns={"prompt": "turns.0"}, limit=4)
     cfg.eval.max_new_tokens = 6
     cfg.output_dir = "runs/tiny"
