@@ -85,6 +85,37 @@ def check(cfg: Any) -> None:
     LoraConfig.make(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.lora.rslora)
 
 
+def preflight(cfg: Any, max_streaming: int = 1000) -> dict[str, int]:
+    """Read every local data source once (no tokenising) so bad data fails before any model work.
+
+    Streaming sources are checked on their first ``max_streaming`` records;
+    hub sources are opened when their stage runs (they need the network).
+    Returns the record count of each component.
+    """
+    import itertools
+
+    from jaxtrans.data.stages import ROLES
+
+    counts = {}
+    for name in cfg.curriculum:
+        stage = cfg.stages[name]
+        if stage.kind != "train":
+            continue
+        for comp in _components(name, stage):
+            if comp.source.path.startswith("hf:"):
+                continue
+            records = read(comp.source, *ROLES[comp.kind])
+            if comp.source.streaming or stage.get("streaming", False):
+                records = itertools.islice(records, max_streaming)
+            counts[comp.name] = sum(1 for _ in records)
+            if counts[comp.name] == 0:
+                raise JaxtransError(
+                    f"data component {comp.name!r}: source {comp.source.path} yielded no records; "
+                    "give it data or remove it from the mixture"
+                )
+    return counts
+
+
 # ---------------------------------------------------------------- run state
 
 
@@ -358,7 +389,8 @@ def _eval_sets(cfg: Any) -> dict[str, list[str]]:
     return out
 
 
-def measure(run: Run, label: str, sets: dict[str, list[str]], trained: bool) -> dict:
+def measure(run: Run, label: str, sets: dict[str, list[str]], trained: bool, answers: bool = True) -> dict:
+    """Held-out losses; and greedy answers to the eval prompts when ``answers`` (the first and last points)."""
     path = os.path.join(run.out, "eval", f"{label}.json")
     cached = _read_json(path)
     if cached is not None:
@@ -370,9 +402,9 @@ def measure(run: Run, label: str, sets: dict[str, list[str]], trained: bool) -> 
         result["th_nats_per_char"] = measures.nats_per_char(view, sets["th_text"])
     if "en_text" in sets:
         result["en_nats_per_char"] = measures.nats_per_char(view, sets["en_text"])
-    if "en_prompts" in sets:
+    if "en_prompts" in sets and answers:
         result["en_answers"] = measures.answers(view, sets["en_prompts"], n)
-    if "th_prompts" in sets:
+    if "th_prompts" in sets and answers:
         result["th_answers"] = measures.answers(view, sets["th_prompts"], n)
     _write_json(path, result)
     return result
@@ -388,6 +420,7 @@ def run(cfg: Any) -> dict:
 
     check(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    preflight(cfg)
     out = cfg.output_dir
     _write_json(os.path.join(out, "config.json"), json.loads(cfg.to_json_best_effort()))
     t0 = time.time()
@@ -407,6 +440,7 @@ def run(cfg: Any) -> dict:
     r.eval_texts = sets.get("th_text", [])[: cfg.eval.get("loop_texts", 32)]
     points = [measure(r, "0_base", sets, trained=False)]
     quantized = False
+    last_train = [n for n in cfg.curriculum if cfg.stages[n].kind == "train"][-1]
     for i, name in enumerate(cfg.curriculum, 1):
         stage = cfg.stages[name]
         if stage.kind == "vocab":
@@ -422,9 +456,16 @@ def run(cfg: Any) -> dict:
             r.adapters = dataclasses.replace(r.adapters, quantized=True)
             quantized = True
         run_train(r, name, stage)
-        points.append(measure(r, f"{i}_{name}", sets, trained=True))
+        points.append(measure(r, f"{i}_{name}", sets, trained=True, answers=name == last_train))
     r.report["points"] = points
     r.report["model"] = cfg.model.path
+    if jax.process_index() == 0 and r.trainable is not None:
+        from jaxtrans.export import export_peft
+
+        peft_dir = os.path.join(out, "export", "peft")
+        export_peft(peft_dir, r.model_cfg, r.trainable, r.adapters, cfg.model.path, overwrite=True,
+                    tokenizer=r.tokenizer, tags=tags)  # fmt: skip
+        r.report["export"] = {"peft": peft_dir}
     _write_json(os.path.join(out, "report.json"), r.report)
     if jax.process_index() == 0:
         from jaxtrans.eval.report import write_markdown

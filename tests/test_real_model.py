@@ -80,3 +80,23 @@ def test_torch_free_gguf_tokenizer_equals_transformers(smollm2):
     assert ours.apply_chat_template(messages, add_generation_prompt=True) == ref.apply_chat_template(
         messages, add_generation_prompt=True
     )
+
+
+def test_recovery_kd_answers_match_transformers_generate(smollm2, tmp_path):
+    """The recovery-KD path (batched, left-padded, cached to JSONL) gives transformers' greedy answers."""
+    from jaxtrans.data.generated import cached_generate
+    from jaxtrans.eval.measures import ModelView, answers
+    from jaxtrans.model.llama import Adapters
+
+    model, tokenizer = smollm2
+    prompts = ["Name three primary colors.", "What is 2 + 2?", "Give one tip for sleeping better."]
+    view = ModelView(model.config, Adapters(), {"params": model.params}, tokenizer)
+    path = str(tmp_path / "answers.jsonl")
+    ours = cached_generate(path, prompts, lambda b: answers(view, b, max_new_tokens=24, batch=4), "base", 4)
+    hf = _hf(torch.float32)
+    ids, stops = chat_ids(tokenizer, prompts)
+    for prompt_ids, got in zip(ids, ours, strict=True):
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False, eos_token_id=stops)
+        assert got == tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True).strip()
+    assert len(open(path).readlines()) == 3

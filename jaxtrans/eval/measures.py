@@ -103,8 +103,14 @@ def answers(view: ModelView, prompts: Sequence[str], max_new_tokens: int = 64, b
             pad,
             adapters=view.adapters,
         )
-        out += [view.tokenizer.decode(g, skip_special_tokens=True).strip() for g in gen]
+        out += [decode_answer(view.tokenizer, g, stops) for g in gen]
     return out
+
+
+def decode_answer(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> str:
+    """Text of generated ids without the stop tokens, keeping added special tokens such as the TCOT tags."""
+    drop = set(stops) | {tokenizer.pad_token_id, tokenizer.bos_token_id}
+    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False).strip()
 
 
 def agreement(reference: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:

@@ -48,7 +48,7 @@ def write_markdown(path: str, report: dict, tags: Tags = Tags(), samples: int = 
         "|---|---|---|---|---|",
     ]
     for p in points:
-        agree = {"exact_match": None, "chrf": None}
+        agree: dict = {"exact_match": None, "chrf": None}
         if "en_answers" in p and "en_answers" in base:
             agree = agreement(base["en_answers"], [parse(a, tags).answer or a for a in p["en_answers"]])
         lines.append(
@@ -67,5 +67,9 @@ def write_markdown(path: str, report: dict, tags: Tags = Tags(), samples: int = 
             shown = parts.answer if parts.answer is not None else after
             lines.append(f"   after: {shown!r}" + ("" if shown == after else f" (full: {after!r})"))
             lines.append("")
+    if "export" in report:
+        peft = report["export"]["peft"]
+        lines += ["## Use it", "", f"The adapter (PEFT format, with the tokenizer) is in `{peft}`:", "", "```bash",
+                  f"python -m jaxtrans.chat --model {report.get('model', '')} --adapter {peft}", "```", ""]  # fmt: skip
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -31,5 +31,5 @@ def parse(text: str, tags: Tags = Tags()) -> TcotParts:
     target = between(tags.target, None)
     if en_query is None and target is None and en_answer is not None:  # English query: "<RESPONSE> answer"
         return TcotParts(None, en_answer, en_answer, True)
-    complete = None not in (en_query, en_answer, target)
+    complete = all((en_query, en_answer, target))  # an empty part is as good as a missing one
     return TcotParts(en_query, en_answer, target, complete)

@@ -1,0 +1,75 @@
+"""English chat model -> Traditional Chinese chat model, following Bailong (2024).
+
+Bailong extends the vocabulary with Traditional Chinese tokens, starts each new
+embedding as the mean of the embeddings of the pieces the original tokenizer
+split it into (zip-tie), and trains with QLoRA (NF4 frozen base, LoRA on every
+linear layer) on Chinese text, then on instructions. New-token embedding and
+LM-head rows are trained (PEFT's ``trainable_token_indices``); with a
+tied-embedding base one row serves both.
+
+Variants (``--config configs/bailong_zh_hant.py:VARIANT``):
+
+* ``llama2_7b`` (default): Llama-2-7b (hub) with zh-Hant Wikipedia and an
+  instruction set; point the sources at your own data as needed.
+* ``local``: the embedded SmolLM2 (tied embeddings) with the Chinese XQuAD
+  paragraphs and Alpaca samples from ``../shared/data``, scaled down for a CPU.
+"""
+
+import os
+
+from ml_collections import config_dict
+
+from jaxtrans.config import component, lora_defaults, run_defaults, source, train_stage, vocab_stage
+from jaxtrans.errors import JaxtransError
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+
+
+def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
+    cfg = run_defaults()
+    cfg.language = config_dict.ConfigDict({"code": "zh_hant", "name": "Traditional Chinese", "tag": "<ZH>"})
+    cfg.lora = lora_defaults(rank=64, alpha=16.0, dropout=0.1, targets="all-linear", quantized=True)
+    cfg.translator.model = "none"  # Bailong trains on given data only
+    cfg.curriculum = ("vocab", "pretrain", "instruct")
+    if variant == "llama2_7b":
+        cfg.output_dir = "runs/bailong_zh_hant"
+        cfg.model.path = "meta-llama/Llama-2-7b-hf"
+        cfg.model.dtype = "bfloat16"
+        cfg.model.param_dtype = "bfloat16"
+        cfg.model.remat = "save_dots"
+        text = source("hf:wikimedia/wikipedia:20231101.zh", streaming=True)
+        cfg.stages = config_dict.ConfigDict(
+            {
+                "vocab": vocab_stage(source("hf:wikimedia/wikipedia:20231101.zh", limit=500_000), new_tokens=27000,
+                                     special_tokens=()),
+                "pretrain": train_stage({"text": component("pretrain", text)}, steps=20000, learning_rate=2e-4,
+                                        warmup_steps=200, seq_len=2048, batch_size=64, streaming=True),
+                "instruct": train_stage(
+                    {"chat": component("sft", source("hf:yentinglin/TaiwanChat", split="train"))},
+                    steps=3000, learning_rate=1e-4, warmup_steps=50, seq_len=2048, batch_size=32,
+                ),
+            }
+        )  # fmt: skip
+    elif variant == "local":
+        cfg.output_dir = "runs/bailong_zh_hant_local"
+        xquad = os.path.join(SHARED, "xquad-en-th-zh", "xquad.zh.json")
+        paragraphs = source(xquad, columns={"text": "paragraphs.0.context"})
+        alpaca = os.path.join(SHARED, "en-instruct-alpaca", "alpaca_data_1k.json")
+        cfg.lora.rank, cfg.lora.alpha = 16, 16.0
+        cfg.stages = config_dict.ConfigDict(
+            {
+                "vocab": vocab_stage(paragraphs, new_tokens=512, special_tokens=(), min_frequency=2),
+                "pretrain": train_stage({"text": component("pretrain", source(xquad, skip=20,
+                                         columns={"text": "paragraphs.0.context"}))},
+                                        steps=20, learning_rate=1e-3, warmup_steps=2, seq_len=256, batch_size=8),
+                "instruct": train_stage(
+                    {"alpaca": component("sft", source(alpaca, limit=200))},
+                    steps=10, learning_rate=5e-4, warmup_steps=1, seq_len=256, batch_size=8,
+                ),
+            }
+        )  # fmt: skip
+        cfg.eval.th_text = source(xquad, columns={"text": "paragraphs.0.context"}, limit=20)
+    else:
+        raise JaxtransError(f"unknown variant {variant!r} of configs/bailong_zh_hant.py; use llama2_7b or local")
+    cfg.lock()
+    return cfg

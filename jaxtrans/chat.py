@@ -1,0 +1,97 @@
+"""``python -m jaxtrans.chat``: talk to a transferred model in the terminal.
+
+    python -m jaxtrans.chat --model embedded:smollm2 --adapter runs/thai/export/peft
+    python -m jaxtrans.chat --model runs/thai/export/merged --prompt "สวัสดีครับ"
+
+``--adapter`` is a PEFT adapter directory (what the pipeline exports, or any
+PEFT LoRA for the same base); its tokenizer is used when it has one (extended
+vocabularies). TCOT models show only the target-language answer;
+``--show_english`` prints the English pivot too, and ``--plain`` turns TCOT
+handling off for ordinary chat models. ``/reset`` clears the history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from jaxtrans.errors import JaxtransError
+
+
+def load_view(model: str, adapter: str | None = None, dtype: str = "float32"):
+    """(ModelView, tags) for a model path plus an optional PEFT adapter directory."""
+    import jaxtrans
+    from jaxtrans.data.formats import Tags
+    from jaxtrans.eval.measures import ModelView
+    from jaxtrans.export import ADAPTER_INFO, import_peft
+    from jaxtrans.model import llama
+
+    base, tokenizer = jaxtrans.load_pretrained(model, dtype=dtype)
+    adapters, trainable, tags = llama.Adapters(), {}, Tags()
+    if adapter:
+        adapters, trainable = import_peft(adapter, base.config)
+        if os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(adapter)
+        info_path = os.path.join(adapter, ADAPTER_INFO)
+        if os.path.isfile(info_path):
+            with open(info_path) as f:
+                info = json.load(f)
+            tags = Tags(**info.get("tags", {}))
+    want = base.config.vocab_size + adapters.new_tokens
+    if len(tokenizer) > want:
+        raise JaxtransError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model has {want} rows; "
+            "use the tokenizer saved with the adapter"
+        )
+    return ModelView(base.config, adapters, {"params": base.params, **trainable}, tokenizer), tags
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m jaxtrans.chat", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="embedded:smollm2", help="HF dir, .gguf, hub name or embedded:smollm2")
+    ap.add_argument("--adapter", default=None, help="PEFT adapter directory (e.g. runs/thai/export/peft)")
+    ap.add_argument("--prompt", action="append", help="answer these and exit (repeatable: one conversation)")
+    ap.add_argument("--max_new_tokens", type=int, default=256)
+    ap.add_argument("--show_english", action="store_true", help="also print the English query and answer")
+    ap.add_argument("--plain", action="store_true", help="no TCOT handling (ordinary chat models)")
+    args = ap.parse_args(argv)
+    try:
+        from jaxtrans.infer.tcot_chat import TcotChat
+
+        view, tags = load_view(args.model, args.adapter)
+        chat = TcotChat.from_view(view, args.max_new_tokens, tags=tags)
+        turns = args.prompt if args.prompt else None
+        while True:
+            if turns is not None:
+                if not turns:
+                    return
+                query = turns.pop(0)
+                print(f"> {query}")
+            else:
+                try:
+                    query = input("> ").strip()
+                except EOFError:
+                    return
+                if not query:
+                    continue
+                if query == "/reset":
+                    chat.history.clear()
+                    continue
+            reply = chat.send(query)
+            if args.plain:
+                print(reply.raw.strip())
+                continue
+            if args.show_english:
+                print(f"[EN query] {reply.en_query}\n[EN answer] {reply.en_answer}")
+            print(reply.answer + ("" if reply.complete else "  [incomplete TCOT output]"))
+    except JaxtransError as e:
+        print(f"jaxtrans: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

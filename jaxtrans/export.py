@@ -1,0 +1,342 @@
+"""Export to the tools people serve with, and import from PEFT.
+
+* :func:`export_merged`: base + LoRA merged (and new-token rows appended) as a
+  HF model directory: sharded safetensors with an index, ``config.json`` with
+  the new vocabulary size, the tokenizer, ``generation_config.json``. Padding
+  rows (vocabulary rounded up for TPUs) are left out: HF has no use for them.
+* :func:`export_peft`: the adapter in PEFT's format (``adapter_config.json`` +
+  ``adapter_model.safetensors``); new-token rows as PEFT's
+  ``trainable_token_indices`` (the base must be resized to the new vocabulary
+  first, as PEFT requires; ``jaxtrans_adapter.json`` records the size).
+* :func:`import_peft`: a PEFT LoRA adapter (and trainable-token rows) as our
+  ``lora`` / ``new_rows`` trees, checked against the model's shapes.
+
+Both exports write into a temporary directory and rename it at the end, so a
+failure leaves nothing behind; an existing directory is refused unless
+``overwrite``. Merging onto an NF4 base dequantises it first and warns: the
+merged weights carry the 4-bit rounding, as with PEFT's merge on bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxtrans.checkpoint.loader import hf_layout
+from jaxtrans.errors import JaxtransError
+from jaxtrans.model import llama, lora, nf4
+from jaxtrans.model.config import ModelConfig, to_hf_config
+
+_HF_MODULE = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+_OUR_PATH = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "gate": "mlp", "up": "mlp", "down": "mlp"}
+ADAPTER_INFO = "jaxtrans_adapter.json"
+
+
+def _fresh_dir(out_dir: str, overwrite: bool) -> str:
+    if os.path.exists(out_dir) and not overwrite:
+        raise JaxtransError(f"{out_dir} already exists; choose another path or pass --overwrite")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".export-", dir=parent)
+
+
+def _commit(tmp: str, out_dir: str) -> None:
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def dequantized(params: Any, cfg: ModelConfig) -> Any:
+    """Float parameters from a tree whose block kernels may be NF4 (4-bit rounding stays in the values)."""
+    flat = traverse_util.flatten_dict(params)
+    shapes = traverse_util.flatten_dict(jax.eval_shape(lambda: llama.init_params(cfg)))
+    out, done = {}, set()
+    for path, leaf in flat.items():
+        module = path[:-1]
+        if path[-1] in nf4.NF4._fields:
+            if module in done:
+                continue
+            q = nf4.NF4(*(flat[module + (f,)] for f in nf4.NF4._fields))
+            shape = shapes[module + ("kernel",)].shape
+            out[module + ("kernel",)] = jax.vmap(lambda x, s=shape: nf4.dequantize(x, s[1:], jnp.float32))(q)
+            done.add(module)
+        else:
+            out[path] = leaf
+    return traverse_util.unflatten_dict(out)
+
+
+def merged_params(
+    cfg: ModelConfig, base: Any, trainable: dict[str, Any], adapters: llama.Adapters
+) -> tuple[ModelConfig, Any]:
+    """(config with the new vocabulary size, float32 parameters with LoRA merged and new rows appended)."""
+    import dataclasses
+
+    if adapters.quantized:
+        warnings.warn(
+            "merging LoRA into a 4-bit (NF4) base: the merged weights carry the 4-bit rounding of the base, "
+            "so they differ slightly from the unquantised model plus adapter (as with PEFT's merge on bitsandbytes)",
+            stacklevel=2,
+        )
+        base = dequantized(base, cfg)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(base))
+    if "base" in trainable:  # modules_to_save: fully trained copies replace the base ones
+        params.update(jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(trainable["base"])))
+    if "lora" in trainable and adapters.lora is not None:
+        params = jax.tree.map(np.asarray, lora.merge(params, jax.device_get(trainable["lora"]), adapters.lora))
+    n_new = adapters.new_tokens - adapters.padding_rows
+    if n_new > 0:
+        rows = jax.device_get(trainable["new_rows"])
+        params["embedding"] = np.concatenate([params["embedding"], np.asarray(rows["embedding"])[:n_new]], axis=0)
+        if not cfg.tie_embeddings:
+            head = np.asarray(rows["head"])[:, :n_new]
+            params["lm_head"] = {"kernel": np.concatenate([params["lm_head"]["kernel"], head], axis=1)}
+    return dataclasses.replace(cfg, vocab_size=cfg.vocab_size + max(n_new, 0)), params
+
+
+def _hf_tensors(cfg: ModelConfig, params: Any, dtype: np.dtype) -> dict[str, np.ndarray]:
+    flat = traverse_util.flatten_dict(params)
+    out = {}
+    for path, entry in hf_layout(cfg).items():
+        w = np.asarray(flat[path])
+        if entry.stacked:
+            for i in range(cfg.num_layers):
+                out[entry.template.format(i)] = np.ascontiguousarray(entry.to_hf(w[i]).astype(dtype))
+        else:
+            out[entry.template] = np.ascontiguousarray(entry.to_hf(w).astype(dtype))
+    return out
+
+
+def _save_sharded(tensors: dict[str, np.ndarray], out: str, max_shard_bytes: int) -> None:
+    from safetensors.numpy import save_file
+
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(out, fname), metadata={"format": "pt"})
+        weight_map.update({name: fname for name in shard})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+
+
+def export_merged(
+    out_dir: str,
+    cfg: ModelConfig,
+    base: Any,
+    trainable: dict[str, Any],
+    adapters: llama.Adapters,
+    tokenizer: Any = None,
+    dtype: str = "float32",
+    max_shard_bytes: int = 5 << 30,
+    overwrite: bool = False,
+) -> str:
+    """Write the merged model as a HF directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
+    if tokenizer is not None and len(tokenizer) != cfg.vocab_size + adapters.new_tokens - adapters.padding_rows:
+        raise JaxtransError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model {cfg.vocab_size} + "
+            f"{adapters.new_tokens - adapters.padding_rows} new rows; export with the tokenizer the adapters were "
+            "trained with"
+        )
+    tmp = _fresh_dir(out_dir, overwrite)
+    try:
+        new_cfg, params = merged_params(cfg, base, trainable, adapters)
+        _save_sharded(_hf_tensors(new_cfg, params, np.dtype(jnp.dtype(dtype))), tmp, max_shard_bytes)
+        hf_cfg = to_hf_config(new_cfg)
+        hf_cfg["torch_dtype"] = dtype
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+            from jaxtrans.infer.chat import stop_token_ids
+
+            hf_cfg.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            gen = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": stop_token_ids(tokenizer)}
+            if tokenizer.pad_token_id is not None:
+                gen["pad_token_id"] = tokenizer.pad_token_id
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(gen, f, indent=2)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_cfg, f, indent=2)
+        _commit(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _peft_prefix(layer: int, name: str) -> str:
+    return f"base_model.model.model.layers.{layer}.{_HF_MODULE[name]}"
+
+
+def export_peft(
+    out_dir: str,
+    cfg: ModelConfig,
+    trainable: dict[str, Any],
+    adapters: llama.Adapters,
+    base_model_name: str = "",
+    overwrite: bool = False,
+    tokenizer: Any = None,
+    tags: Any = None,
+) -> str:
+    """Write the adapter so that ``PeftModel.from_pretrained(base, out_dir)`` loads it.
+
+    ``tokenizer`` (the extended one, when the vocabulary grew) is saved beside
+    it; ``tags`` (TCOT tags) go to ``jaxtrans_adapter.json`` for the chat tool.
+    """
+    from safetensors.numpy import save_file
+
+    if adapters.lora is None and adapters.new_tokens == 0:
+        raise JaxtransError("nothing to export: the run has neither LoRA adapters nor new-token rows")
+    tmp = _fresh_dir(out_dir, overwrite)
+    try:
+        tensors: dict[str, np.ndarray] = {}
+        lc = adapters.lora
+        if lc is not None:
+            flat = traverse_util.flatten_dict(jax.device_get(trainable["lora"]))
+            for name in lc.targets:
+                a = np.asarray(flat[("layers", _OUR_PATH[name], name, "a")], np.float32)  # [L, *in, r]
+                b = np.asarray(flat[("layers", _OUR_PATH[name], name, "b")], np.float32)  # [L, r, *out]
+                for i in range(cfg.num_layers):
+                    tensors[f"{_peft_prefix(i, name)}.lora_A.weight"] = np.ascontiguousarray(
+                        a[i].reshape(-1, lc.rank).T
+                    )
+                    tensors[f"{_peft_prefix(i, name)}.lora_B.weight"] = np.ascontiguousarray(
+                        b[i].reshape(lc.rank, -1).T
+                    )
+        n_new = adapters.new_tokens - adapters.padding_rows
+        token_ids = list(range(cfg.vocab_size, cfg.vocab_size + n_new))
+        trainable_tokens = None
+        if n_new > 0:
+            rows = jax.device_get(trainable["new_rows"])
+            emb = np.asarray(rows["embedding"], np.float32)[:n_new]
+            tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"] = emb
+            trainable_tokens = {"embed_tokens": token_ids}
+            if not cfg.tie_embeddings:
+                head = np.asarray(rows["head"], np.float32)[:, :n_new].T
+                tensors["base_model.model.lm_head.token_adapter.trainable_tokens_delta"] = np.ascontiguousarray(head)
+                trainable_tokens["lm_head"] = token_ids
+        save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model_name or None,
+            "r": lc.rank if lc else 8,
+            "lora_alpha": lc.alpha if lc else 8,
+            "lora_dropout": lc.dropout if lc else 0.0,
+            "use_rslora": lc.rslora if lc else False,
+            "target_modules": sorted(_HF_MODULE[t].split(".")[-1] for t in lc.targets) if lc else [],
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "inference_mode": True,
+            "init_lora_weights": True,
+            "modules_to_save": None,
+            "trainable_token_indices": trainable_tokens,
+        }
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        info: dict[str, Any] = {"base_vocab_size": cfg.vocab_size, "vocab_size": cfg.vocab_size + n_new}
+        if tags is not None:
+            info["tags"] = {"english": tags.english, "response": tags.response, "target": tags.target}
+        with open(os.path.join(tmp, ADAPTER_INFO), "w") as f:
+            json.dump(info, f, indent=2)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _commit(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def import_peft(adapter_dir: str, cfg: ModelConfig) -> tuple[llama.Adapters, dict[str, Any]]:
+    """(Adapters, trainable) from a PEFT LoRA directory, checked against ``cfg``'s shapes."""
+    from safetensors.numpy import load_file
+
+    config_path = os.path.join(adapter_dir, "adapter_config.json")
+    weights_path = os.path.join(adapter_dir, "adapter_model.safetensors")
+    for p in (config_path, weights_path):
+        if not os.path.isfile(p):
+            raise JaxtransError(f"{adapter_dir} is not a PEFT adapter directory: {os.path.basename(p)} is missing")
+    with open(config_path) as f:
+        pc = json.load(f)
+    if pc.get("peft_type") != "LORA":
+        raise JaxtransError(f"{adapter_dir}: peft_type {pc.get('peft_type')!r} is not LORA")
+    tensors = load_file(weights_path)
+    found = {k.split(".lora_A.")[0].split(".")[-1] for k in tensors if ".lora_A." in k}
+    unknown = found - {f"{n}_proj" for n in lora.LINEAR}
+    if unknown:
+        raise JaxtransError(f"{adapter_dir}: LoRA on {sorted(unknown)}; jaxtrans adapts q,k,v,o,gate,up,down only")
+    targets = [n for n in lora.LINEAR if f"{n}_proj" in found]
+    lc = lora.LoraConfig.make(
+        int(pc["r"]), float(pc["lora_alpha"]), 0.0, ",".join(targets), bool(pc.get("use_rslora", False))
+    )
+    adapters = llama.Adapters(lora=lc)
+    abstract = traverse_util.flatten_dict(jax.eval_shape(lambda: llama.init_trainable(cfg, adapters)).get("lora", {}))
+    flat: dict[tuple, np.ndarray] = {}
+    for path, leaf in abstract.items():
+        name, ab = path[2], path[3]
+        per_layer = leaf.shape[1:]
+        stack = []
+        for i in range(cfg.num_layers):
+            key = f"{_peft_prefix(i, name)}.lora_{ab.upper()}.weight"
+            alt = key.replace(".weight", ".default.weight")
+            w = tensors.get(key, tensors.get(alt))
+            if w is None:
+                raise JaxtransError(f"{adapter_dir}: tensor {key} is missing; the adapter is incomplete")
+            w = w.T  # PEFT: A [r, in], B [out, r]; ours: A [*in, r], B [r, *out]
+            if ab == "a":
+                expected = (math.prod(per_layer[:-1]), per_layer[-1])
+            else:
+                expected = (per_layer[0], math.prod(per_layer[1:]))
+            if tuple(w.shape) != expected:
+                raise JaxtransError(
+                    f"{adapter_dir}: {key} has shape {tuple(w.T.shape)}, which does not fit this model's {name} "
+                    f"projection {tuple(per_layer)}; the adapter was trained on a different base model"
+                )
+            stack.append(w.reshape(per_layer))
+        flat[path] = np.stack(stack).astype(leaf.dtype)
+    trainable: dict[str, Any] = {"lora": traverse_util.unflatten_dict(flat)}
+    tokens = pc.get("trainable_token_indices") or {}
+    if tokens:
+        ids = tokens.get("embed_tokens") if isinstance(tokens, dict) else tokens
+        if list(ids) != list(range(cfg.vocab_size, cfg.vocab_size + len(ids))):
+            raise JaxtransError(
+                f"{adapter_dir}: trainable tokens {ids[:3]}... are not new rows after the model's {cfg.vocab_size}; "
+                "only adapters that add new tokens at the end of the vocabulary can be imported"
+            )
+        rows = {"embedding": tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]}
+        if rows["embedding"].shape[1] != cfg.hidden_size:
+            raise JaxtransError(f"{adapter_dir}: new-token rows have width {rows['embedding'].shape[1]}, not "
+                                f"{cfg.hidden_size}; the adapter was trained on a different base model")  # fmt: skip
+        if not cfg.tie_embeddings:
+            rows["head"] = tensors["base_model.model.lm_head.token_adapter.trainable_tokens_delta"].T
+        trainable["new_rows"] = rows
+        adapters = llama.Adapters(lora=lc, new_tokens=len(ids))
+    return adapters, trainable
