@@ -106,7 +106,9 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
         cfg.model.path = "meta-llama/Llama-2-7b-chat-hf"
         cfg.model.dtype = "bfloat16"
         cfg.model.param_dtype = "bfloat16"
-        cfg.model.remat = "save_dots"
+        cfg.model.remat = "full"
+        cfg.model.attention = "dot_product"  # cuDNN on GPUs; set flash on TPUs
+        cfg.model.loss_chunk = 512
         cfg.stages = config_dict.ConfigDict(
             _paper_stages(
                 thai_text=source("hf:wikimedia/wikipedia:20231101.th", streaming=True),

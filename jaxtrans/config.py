@@ -30,7 +30,8 @@ def model_defaults() -> config_dict.ConfigDict:
             "dtype": "float32",  # compute dtype
             "param_dtype": "float32",  # storage dtype of the frozen base
             "remat": "none",  # none | full | save_dots
-            "attention": "xla",  # xla | dot_product (cuDNN on NVIDIA GPUs) | flash (Pallas, TPU)
+            "loss_chunk": 0,  # >0: the training loss over this many positions at a time (long rows, big vocabularies)
+            "attention": "xla",  # xla | chunked (flash-like memory in XLA) | dot_product (cuDNN) | flash (Pallas, TPU)
         }
     )
 
@@ -96,8 +97,8 @@ def validate(cfg: config_dict.ConfigDict) -> None:
             raise JaxtransError(f"model.{key}={m[key]!r} is not one of {', '.join(DTYPES)}")
     if m.remat not in ("none", "full", "save_dots"):
         raise JaxtransError(f"model.remat={m.remat!r} is not one of none, full, save_dots")
-    if m.attention not in ("xla", "dot_product", "flash"):
-        raise JaxtransError(f"model.attention={m.attention!r} is not one of xla, dot_product, flash")
+    if m.attention not in ("xla", "chunked", "dot_product", "flash"):
+        raise JaxtransError(f"model.attention={m.attention!r} is not one of xla, chunked, dot_product, flash")
     for axis in ("data", "fsdp", "tensor"):
         size = cfg.mesh[axis]
         if size == 0 or size < -1:
@@ -193,6 +194,10 @@ def run_defaults() -> config_dict.ConfigDict:
     cfg.translator = config_dict.ConfigDict({"model": "self"})  # self | none | a model path
     cfg.eval = config_dict.ConfigDict(
         {"th_text": None, "en_text": None, "en_prompts": None, "th_prompts": None, "max_new_tokens": 64}
+    )
+    # multi-host: empty = single process, or what the cluster (TPU VM, SLURM) or JAXTRANS_* variables say
+    cfg.distributed = config_dict.ConfigDict(
+        {"coordinator": "", "num_processes": 0, "process_id": -1, "auto": True, "timeout_s": 300}
     )
     cfg.seed = 0
     cfg.progress = True

@@ -16,6 +16,9 @@ from ml_collections import config_flags
 from jaxtrans.config import precheck
 from jaxtrans.errors import JaxtransError
 
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "plan only: compile the train step from shapes, print memory and speed")
+_DEVICE = flags.DEFINE_string("device", "H100", "with --dry_run: the device to check the fit against")
+_MFU = flags.DEFINE_float("mfu", 0.4, "with --dry_run: the MFU to predict tokens/s at")
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: schedulers may requeue; the same command resumes
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: path.py[:variant]", lock_config=True)
 
@@ -37,6 +40,14 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise JaxtransError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    from jaxtrans import distributed
+
+    distributed.initialize(_CONFIG.value.get("distributed"))
+    if _DRY_RUN.value:
+        from jaxtrans.plan import plan
+
+        plan(_CONFIG.value, _DEVICE.value, _MFU.value)
+        return
     run(_CONFIG.value)
 
 

@@ -85,6 +85,24 @@ def check(cfg: Any) -> None:
     LoraConfig.make(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.lora.rslora)
 
 
+def check_batches(cfg: Any, mesh: Any) -> None:
+    """Every train stage's batch divides over the processes and the mesh's data-parallel axes."""
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name in cfg.curriculum:
+        stage = cfg.stages[name]
+        if stage.kind != "train":
+            continue
+        if stage.batch_size % jax.process_count():
+            raise JaxtransError(
+                f"stages.{name}.batch_size={stage.batch_size} is not divisible by the {jax.process_count()} processes"
+            )
+        if stage.batch_size % dp:
+            raise JaxtransError(
+                f"stages.{name}.batch_size={stage.batch_size} is not divisible by the data-parallel size {dp} "
+                f"(mesh data x fsdp); use a multiple of {dp}"
+            )
+
+
 def preflight(cfg: Any, max_streaming: int = 1000) -> dict[str, int]:
     """Read every local data source once (no tokenising) so bad data fails before any model work.
 
@@ -226,6 +244,11 @@ def run_vocab(run: Run, name: str, stage: Any) -> None:
     from jaxtrans.vocab.init import prepare
 
     out_dir = os.path.join(run.out, "tokenizer")
+    request_path = os.path.join(run.out, "stages", name, "request.json")
+    corpus = stage.corpus if isinstance(stage.corpus, str) else stage.corpus.to_dict()
+    request = {"model": run.cfg.model.path, "language": run.cfg.language.code, "corpus": corpus}
+    request.update({k: stage[k] for k in ("new_tokens", "special_tokens", "pad_to_multiple", "min_frequency")})
+    request = json.loads(json.dumps(request))  # tuples -> lists, as read back
     if not os.path.isfile(os.path.join(out_dir, vx.REPORT)):
         src = Source.from_config(stage.corpus)
         texts = [r["text"] for r in read(src, ("text",))]
@@ -241,6 +264,12 @@ def run_vocab(run: Run, name: str, stage: Any) -> None:
             min_frequency=stage.min_frequency,
         )
         vx.extend(run.cfg.model.path, [corpus_file], xcfg, out_dir, overwrite=True)
+        _write_json(request_path, request)
+    elif _read_json(request_path) not in (None, request):
+        raise JaxtransError(
+            f"{out_dir} holds a tokenizer extended with other settings than stage {name!r} now asks for; use a new "
+            "output_dir (or delete that directory and the stages trained on it)"
+        )
     from transformers import AutoTokenizer
 
     run.tokenizer = AutoTokenizer.from_pretrained(out_dir)
@@ -274,16 +303,6 @@ def run_train(run: Run, name: str, stage: Any) -> None:
     )
     trainer = Trainer(run.model_cfg, run.adapters, optim, run.mesh, modules_to_save=tuple(run.cfg.lora.modules_to_save))
     accum = stage.get("accum", 1)
-    if stage.batch_size % jax.process_count():
-        raise JaxtransError(
-            f"stages.{name}.batch_size={stage.batch_size} is not divisible by the {jax.process_count()} processes"
-        )
-    dp = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
-    if stage.batch_size % dp:
-        raise JaxtransError(
-            f"stages.{name}.batch_size={stage.batch_size} is not divisible by the data-parallel size {dp} "
-            f"(mesh data x fsdp); use a multiple of {dp}"
-        )
     if run.trainable is None:  # the first train stage: fresh adapters, zip-tie rows
         init = trainer.init_state(run.base, run.cfg.seed).trainable
         if run.new_rows is not None:
@@ -392,12 +411,13 @@ def _eval_sets(cfg: Any) -> dict[str, list[str]]:
 def measure(run: Run, label: str, sets: dict[str, list[str]], trained: bool, answers: bool = True) -> dict:
     """Held-out losses; and greedy answers to the eval prompts when ``answers`` (the first and last points)."""
     path = os.path.join(run.out, "eval", f"{label}.json")
+    state = digest(run.trainable) if trained and run.trainable is not None else "base"
     cached = _read_json(path)
-    if cached is not None:
+    if cached is not None and cached.get("state") == state:  # the same model state was measured before
         return cached
     view = run.view(trained)
     n = run.cfg.eval.max_new_tokens
-    result: dict[str, Any] = {"label": label}
+    result: dict[str, Any] = {"label": label, "state": state}
     if "th_text" in sets:
         result["th_nats_per_char"] = measures.nats_per_char(view, sets["th_text"])
     if "en_text" in sets:
@@ -420,6 +440,7 @@ def run(cfg: Any) -> dict:
 
     check(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    check_batches(cfg, mesh)
     preflight(cfg)
     out = cfg.output_dir
     _write_json(os.path.join(out, "config.json"), json.loads(cfg.to_json_best_effort()))
@@ -429,10 +450,11 @@ def run(cfg: Any) -> dict:
         attention=cfg.model.attention, mesh=mesh,
     )  # fmt: skip
     print(f"loaded {cfg.model.path}: {model.config.num_params / 1e6:.1f}M parameters in {time.time() - t0:.1f}s")
+    model_cfg = dataclasses.replace(model.config, loss_chunk=cfg.model.get("loss_chunk", 0))
     lora = LoraConfig.make(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.lora.rslora)
     tags = formats.Tags(target=cfg.language.tag)
     r = Run(
-        cfg=cfg, mesh=mesh, model_cfg=model.config, float_base=model.params, base=model.params,
+        cfg=cfg, mesh=mesh, model_cfg=model_cfg, float_base=model.params, base=model.params,
         base_tokenizer=tokenizer, tokenizer=tokenizer, adapters=llama.Adapters(lora=lora),
         lang=Language(cfg.language.name, tags), out=out,
     )  # fmt: skip

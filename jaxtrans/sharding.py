@@ -34,7 +34,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("norm", None),
-    ("lora_rank", None),
+    ("lora_rank", "fsdp"),  # the LoRA side whose other axes are not on fsdp (first rule wins per mesh axis)
     ("new_vocab", None),
     ("qblocks", "fsdp"),
 )

@@ -1,7 +1,8 @@
 """A small, fully deterministic training job for the resume and sharding tests.
 
-python tests/train_job.py RUN_DIR STEPS [--mesh D,F,T] [--devices N] [--sleep S]
+python tests/train_job.py RUN_DIR STEPS [--mesh D,F,T] [--sleep S] [--coordinator HOST:PORT --nproc N --pid I]
 Prints nothing; writes RUN_DIR/metrics.jsonl, checkpoints, and RUN_DIR/final.npz (the adapters).
+With --coordinator it is one process of a multi-process (multi-host) run.
 """
 
 from __future__ import annotations
@@ -72,8 +73,16 @@ def main() -> None:
     ap.add_argument("--mesh", default="1,1,1")
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--coordinator", default="")
+    ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--pid", type=int, default=0)
     args = ap.parse_args()
     import numpy as np
+
+    from jaxtrans import distributed
+
+    distributed.initialize({"coordinator": args.coordinator, "num_processes": args.nproc, "process_id": args.pid,
+                            "timeout_s": int(os.environ.get("JAXTRANS_TEST_DIST_TIMEOUT", 60))})  # fmt: skip
 
     from jaxtrans.errors import JaxtransError
     from jaxtrans.train.data import InMemoryBatches
@@ -95,8 +104,13 @@ def main() -> None:
     except JaxtransError as e:
         print(f"jaxtrans: error: {e}", file=sys.stderr)
         sys.exit(2)
-    flat = {"/".join(map(str, p)): np.asarray(v) for p, v in _flatten(state.trainable)}
-    np.savez(os.path.join(args.run_dir, "final.npz"), **flat)
+    import jax
+    from jax.experimental import multihost_utils
+
+    flat = {"/".join(map(str, p)): np.asarray(multihost_utils.process_allgather(v, tiled=True))
+            for p, v in _flatten(state.trainable)}  # fmt: skip
+    if jax.process_index() == 0:
+        np.savez(os.path.join(args.run_dir, "final.npz"), **flat)
 
 
 class _Iter:

@@ -97,7 +97,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
         result["fertility"] = fertility(view.tokenizer, texts)
     if args.en_text:
-        result["en_nats_per_char"] = measures.nats_per_char(view, _texts(args.en_text, "text", None, args.limit))
+        english = _texts(args.en_text, "text", args.en_text_column, args.limit)
+        result["en_nats_per_char"] = measures.nats_per_char(view, english)
     if args.pairs:
         en, tgt = _pairs(args.pairs, args.pair_columns, args.limit)
         for direction, src, ref, sl, tl, code in (("en-xx", en, tgt, "English", lang, args.language),
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--target_text", help="held-out target-language text (jsonl/json/csv/txt)")
     ap.add_argument("--text_column", default=None)
     ap.add_argument("--en_text", help="held-out English text")
+    ap.add_argument("--en_text_column", default=None)
     ap.add_argument("--pairs", help="English-target pairs")
     ap.add_argument("--pair_columns", default="en,th", help="English column, target column")
     ap.add_argument("--en_prompts", help="English prompts (retention)")

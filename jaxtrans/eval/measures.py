@@ -23,7 +23,7 @@ from jaxtrans.infer.chat import chat_ids
 from jaxtrans.infer.generate import SamplingConfig, generate
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
-from jaxtrans.train.step import cross_entropy
+from jaxtrans.model.loss import cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)

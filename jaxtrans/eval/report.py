@@ -13,10 +13,60 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else ("–" if x is None else str(x))
 
 
+def write_plots(run_dir: str, report: dict) -> list[str]:
+    """loss.png (training loss of every stage, one after the other) and heldout.png (held-out loss per point)."""
+    import json
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    offset = 0
+    for name, st in report.get("stages", {}).items():
+        path = os.path.join(run_dir, "stages", name, "metrics.jsonl")
+        if st["kind"] != "train" or not os.path.isfile(path):
+            continue
+        by_step = {}
+        for line in open(path):
+            row = json.loads(line)
+            if "loss" in row:
+                by_step[row["step"]] = row["loss"]
+        steps = sorted(by_step)
+        ax.plot([offset + s for s in steps], [by_step[s] for s in steps], label=name)
+        offset += st["steps"]
+    ax.set_xlabel("step (stages in order)")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "loss.png"), dpi=100)
+    plt.close(fig)
+    written.append("loss.png")
+    points = report["points"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, label in (("th_nats_per_char", "target-language text"), ("en_nats_per_char", "English text")):
+        if any(key in p for p in points):
+            ax.plot([p["label"] for p in points], [p.get(key) for p in points], marker="o", label=label)
+    ax.set_ylabel("held-out loss (nats/char)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "heldout.png"), dpi=100)
+    plt.close(fig)
+    written.append("heldout.png")
+    return written
+
+
 def write_markdown(path: str, report: dict, tags: Tags = Tags(), samples: int = 3) -> None:
+    import os
+
     points = report["points"]
     base = points[0]
     lines = [f"# jaxtrans run report — {report.get('model', '')}", ""]
+    for png in write_plots(os.path.dirname(os.path.abspath(path)), report):
+        lines += [f"![{png[:-4]}]({png})", ""]
     lines += [
         "## Stages",
         "",

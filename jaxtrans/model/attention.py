@@ -44,7 +44,27 @@ def reference(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts:
     return out_btkgh.reshape(b, t, n, h)
 
 
-IMPLEMENTATIONS = ("xla", "dot_product", "flash")
+IMPLEMENTATIONS = ("xla", "chunked", "dot_product", "flash")
+
+
+def chunked(
+    q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array, chunk: int = 512
+) -> jax.Array:
+    """The reference attention one block of ``chunk`` queries at a time, each block rematerialised.
+
+    Memory holds one [chunk, S] block of scores instead of [T, S], forward
+    and backward, on any backend: flash attention's memory profile from plain
+    XLA ops (for long sequences where no fused kernel exists, and for the planner).
+    """
+    b, t, n, h = q_btnh.shape
+    if t <= chunk or t % chunk:
+        return reference(q_btnh, k_bskh, v_bskh, mask_bts)
+    blocks = t // chunk
+    q_cbtnh = q_btnh.reshape(b, blocks, chunk, n, h).swapaxes(0, 1)
+    mask_cbts = mask_bts.reshape(b, blocks, chunk, -1).swapaxes(0, 1)
+    block = jax.checkpoint(lambda q, m: reference(q, k_bskh, v_bskh, m))
+    out_cbtnh = jax.lax.map(lambda xs: block(*xs), (q_cbtnh, mask_cbts))
+    return out_cbtnh.swapaxes(0, 1).reshape(b, t, n, h)
 
 
 def dot_product(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ from jaxtrans.errors import JaxtransError, require
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 REMAT_POLICIES = ("none", "full", "save_dots")
-ATTENTION = ("xla", "dot_product", "flash")
+ATTENTION = ("xla", "chunked", "dot_product", "flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the frozen base
     remat: str = "none"
-    attention: str = "xla"  # xla (reference) | dot_product (cuDNN on GPU) | flash (Pallas, TPU)
+    attention: str = "xla"  # xla (reference) | chunked (blockwise, rematerialised) | dot_product (cuDNN) | flash
+    loss_chunk: int = 0  # training loss over this many positions at a time, never all [T, V] logits; 0 = off
 
     def __post_init__(self) -> None:
         require(

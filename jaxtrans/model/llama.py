@@ -37,6 +37,7 @@ from jax import lax
 from jaxtrans.model import attention, nf4, rope
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.model.lora import LoraConfig, kaiming_uniform
+from jaxtrans.model.loss import cross_entropy
 
 Array = jax.Array
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -132,10 +133,13 @@ class Proj(nn.Module):
         return nf4.dequantize(nf4.NF4(**parts), shape, self.dtype)
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, matmul: Any = None) -> Any:
+        """``matmul(x, kernel)`` replaces the plain product (the LM head uses it for its chunked loss)."""
         n_in = len(self.in_shape)
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
         x = x.astype(self.dtype)
+        if matmul is not None:
+            return matmul(x, self._kernel())
         y = lax.dot_general(x, self._kernel(), (contract, ((), ())))
         if self.use_bias:
             out_axes = self.axes[n_in:]
@@ -219,6 +223,8 @@ class Attention(nn.Module):
             out_btnh = attention.flash(q_btnh, k_btkh, v_btkh, ctx.segment_bt)
         elif c.attention == "dot_product":
             out_btnh = attention.dot_product(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
+        elif c.attention == "chunked":
+            out_btnh = attention.chunked(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
         else:
             out_btnh = attention.reference(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
         y_btd = Proj((n, h), (d,), ("q_heads", "head_dim", "embed"), c.o_bias, name="o", **kw, **ad("o"))(out_btnh)
@@ -283,7 +289,15 @@ class Llama(nn.Module):
         segment_bt: Array | None = None,
         positions_bt: Array | None = None,
         cache: KVCache | None = None,
-    ) -> tuple[Array, KVCache | None]:
+        targets_bt: Array | None = None,
+        loss_mask_bt: Array | None = None,
+    ) -> tuple[Any, KVCache | None]:
+        """(logits [B, T, V], cache); with ``targets_bt`` and ``cfg.loss_chunk``: ((loss sum, tokens), None).
+
+        The second form never builds all logits at once: the head and the loss run
+        ``loss_chunk`` positions at a time, each block rematerialised in the
+        backward pass (the [T, V] logits are the largest activation of a LoRA step).
+        """
         c = self.cfg
         b, t = tokens_bt.shape
         if segment_bt is None:
@@ -339,17 +353,7 @@ class Llama(nn.Module):
         x_btd, layer_kv = stack(c, self.adapters, name="layers")(x_btd, ctx, layer_kv)
         x_btd = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x_btd)
 
-        if c.tie_embeddings:
-            logits_btv = jnp.einsum("btd,vd->btv", x_btd, embedding_vd.astype(c.dtype))
-        else:
-            logits_btv = Proj(
-                (c.hidden_size,),
-                (c.vocab_size,),
-                ("embed", "vocab"),
-                dtype=c.dtype,
-                param_dtype=c.param_dtype,
-                name="lm_head",
-            )(x_btd)
+        new_head_dn = None
         if n_new:
             if c.tie_embeddings:
                 new_head_dn = new_embed_nd.T
@@ -361,16 +365,58 @@ class Llama(nn.Module):
                         self.make_rng("params"), (c.hidden_size, n_new), jnp.float32
                     ),
                 ).value
-            new_logits_btn = jnp.einsum("btd,dn->btn", x_btd, new_head_dn.astype(c.dtype))
+
+        def head(x: Array, base_dv: Array) -> Array:
+            """Logits of the base vocabulary and the new rows (padding rows at -1e9) for hidden states x."""
+            logits = jnp.einsum("...d,dv->...v", x, base_dv)
+            if new_head_dn is None:
+                return logits
+            new = jnp.einsum("...d,dn->...n", x, new_head_dn.astype(c.dtype))
             if self.adapters.padding_rows:
-                is_pad_n = jnp.arange(n_new) >= n_new - self.adapters.padding_rows
-                new_logits_btn = jnp.where(is_pad_n, -1e9, new_logits_btn)
-            logits_btv = jnp.concatenate([logits_btv, new_logits_btn.astype(logits_btv.dtype)], axis=-1)
+                new = jnp.where(jnp.arange(n_new) >= n_new - self.adapters.padding_rows, -1e9, new)
+            return jnp.concatenate([logits, new.astype(logits.dtype)], axis=-1)
+
+        def head_or_loss(x: Array, base_dv: Array) -> Any:
+            if targets_bt is None or not c.loss_chunk:
+                return head(x, base_dv)
+            return _chunked_loss(lambda xc: head(xc, base_dv), x, targets_bt, loss_mask_bt, c.loss_chunk)
+
+        if c.tie_embeddings:
+            out = head_or_loss(x_btd, embedding_vd.astype(c.dtype).T)
+        else:
+            out = Proj(
+                (c.hidden_size,),
+                (c.vocab_size,),
+                ("embed", "vocab"),
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+                name="lm_head",
+            )(x_btd, matmul=head_or_loss)
+        if targets_bt is not None and c.loss_chunk:
+            return out, None
+        logits_btv = out
 
         new_cache = None
         if cache is not None:
             new_cache = KVCache(layer_kv[0], layer_kv[1], kv_segment_bs, index + t)
         return logits_btv, new_cache
+
+
+def _chunked_loss(head: Any, x_btd: Array, targets_bt: Array, mask_bt: Array, chunk: int) -> tuple[Array, Array]:
+    """(sum of token losses, trained tokens), the head applied ``chunk`` positions at a time."""
+    b, t, d = x_btd.shape
+    if t % chunk:
+        return cross_entropy(head(x_btd), targets_bt, mask_bt)
+    n = t // chunk
+    split = lambda a: a.reshape(b, n, chunk, *a.shape[2:]).swapaxes(0, 1)  # noqa: E731
+
+    @jax.checkpoint
+    def block(xs: tuple) -> tuple[Array, Array]:
+        x_c, y_c, m_c = xs
+        return cross_entropy(head(x_c), y_c, m_c)
+
+    sums, counts = lax.map(block, (split(x_btd), split(targets_bt), split(mask_bt)))
+    return jnp.sum(sums), jnp.sum(counts)
 
 
 @functools.cache

@@ -25,6 +25,7 @@ from jaxtrans import xla_options
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
+from jaxtrans.model.loss import cross_entropy, token_nll  # noqa: F401  (re-exported)
 from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -39,43 +40,6 @@ class TrainState:
     trainable: dict[str, Any]  # {"lora": ..., "new_rows": ..., "base": {fully trained base params}}
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
-
-
-@jax.custom_vjp
-def token_nll(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
-    """-log p(target) per token, in float32.
-
-    The gradient is written out (softmax - one_hot): autodiff of the gather
-    would build and scatter into a zero-filled [B, T, V] buffer, which costs
-    more than the whole loss on a CPU.
-    """
-    logits = logits_btv.astype(jnp.float32)
-    lse_bt = jax.nn.logsumexp(logits, axis=-1)
-    return lse_bt - jnp.take_along_axis(logits, targets_bt[..., None], axis=-1)[..., 0]
-
-
-def _token_nll_fwd(logits_btv: jax.Array, targets_bt: jax.Array) -> tuple:
-    logits = logits_btv.astype(jnp.float32)
-    lse_bt = jax.nn.logsumexp(logits, axis=-1)
-    nll_bt = lse_bt - jnp.take_along_axis(logits, targets_bt[..., None], axis=-1)[..., 0]
-    return nll_bt, (logits_btv, targets_bt, lse_bt)
-
-
-def _token_nll_bwd(res: tuple, g_bt: jax.Array) -> tuple:
-    logits_btv, targets_bt, lse_bt = res
-    probs_btv = jnp.exp(logits_btv.astype(jnp.float32) - lse_bt[..., None])
-    one_hot_btv = jnp.arange(logits_btv.shape[-1], dtype=targets_bt.dtype) == targets_bt[..., None]
-    grad_btv = (probs_btv - one_hot_btv) * g_bt[..., None]
-    return grad_btv.astype(logits_btv.dtype), None
-
-
-token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
-
-
-def cross_entropy(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of token losses, number of trained tokens), in float32."""
-    mask = mask_bt.astype(jnp.float32)
-    return jnp.sum(token_nll(logits_btv, targets_bt) * mask), jnp.sum(mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,13 +131,14 @@ class Trainer:
 
     def loss_fn(self, trainable: dict[str, Any], base: Any, micro: dict[str, jax.Array], rng: jax.Array) -> tuple:
         adapters = {k: v for k, v in trainable.items() if k != "base"}
-        logits, _ = self.model.apply(
-            {"params": {**base, **trainable.get("base", {})}, **adapters},
-            micro["tokens"],
-            micro["segment_ids"],
-            micro["positions"],
-            rngs={"dropout": rng},
-        )
+        variables = {"params": {**base, **trainable.get("base", {})}, **adapters}
+        args = (micro["tokens"], micro["segment_ids"], micro["positions"])
+        if self.cfg.loss_chunk:  # the model computes the loss block by block, never all logits at once
+            (loss_sum, count), _ = self.model.apply(
+                variables, *args, targets_bt=micro["targets"], loss_mask_bt=micro["loss_mask"], rngs={"dropout": rng}
+            )
+            return loss_sum, count
+        logits, _ = self.model.apply(variables, *args, rngs={"dropout": rng})
         return cross_entropy(logits, micro["targets"], micro["loss_mask"])
 
     def step_fn(self, state: TrainState, base: Any, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
@@ -187,11 +152,15 @@ class Trainer:
             (lsum, n), g = grad_fn(state.trainable, base, micro, jax.random.fold_in(key, i))
             return (jax.tree.map(jnp.add, grads, g), loss_sum + lsum, count + n), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.trainable)
         accum = batch["tokens"].shape[0]
-        (grads, loss_sum, count), _ = jax.lax.scan(
-            micro_step, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum))
-        )
+        if accum == 1:  # no accumulation buffer: one fewer copy of the trainable tree in memory
+            micro = jax.tree.map(lambda x: x[0], batch)
+            (loss_sum, count), grads = grad_fn(state.trainable, base, micro, jax.random.fold_in(key, 0))
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+            (grads, loss_sum, count), _ = jax.lax.scan(
+                micro_step, (zeros, jnp.float32(0), jnp.float32(0)), (batch, jnp.arange(accum))
+            )
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         full_grads = full_tree(frozen_placeholders(base), grads)

@@ -1,0 +1,55 @@
+"""``python -m jaxtrans.eval`` on the real SmolLM2 with ../shared/data; scores cross-checked with sacrebleu's CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from jaxtrans.eval.__main__ import main, refused
+
+
+def test_refusal_prefixes():
+    assert refused("I'm sorry, but I cannot help with that.")
+    assert refused("As an AI language model, I won't.")
+    assert not refused("Sure, here is a plan:")
+
+
+def test_eval_report_on_smollm2(shared_data, tmp_path):
+    d = shared_data
+    out = str(tmp_path / "eval")
+    main([
+        "--model", "embedded:smollm2", "--baseline", "embedded:smollm2",
+        "--target_text", os.path.join(d, "th-thaigov", "thaigov_sample.jsonl"),
+        "--en_text", os.path.join(d, "en-th-talpco", "talpco_en_th.jsonl"), "--en_text_column", "en",
+        "--pairs", os.path.join(d, "en-th-talpco", "talpco_en_th.jsonl"), "--pair_columns", "en,th",
+        "--en_prompts", os.path.join(d, "eval-mt-bench", "question.jsonl"), "--prompt_column", "turns.0",
+        "--advbench", os.path.join(d, "eval-advbench", "harmful_behaviors.csv"),
+        "--answer_questions", os.path.join(d, "eval-vicuna-th", "vicuna_th.jsonl"), "--question_column", "th",
+        "--limit", "3", "--max_new_tokens", "16", "--out", out,
+    ])  # fmt: skip
+    result = json.load(open(os.path.join(out, "eval.json")))
+    assert result["target_nats_per_char"] > 0 and result["fertility"]["tokens_per_char"] > 1  # Thai is costly
+    assert result["en_agreement"] == {"exact_match": 1.0, "chrf": 100.0}  # the model against itself
+    assert 0.0 <= result["advbench_refusal_rate"] <= 1.0 and result["advbench_n"] == 3
+    answers = [json.loads(line) for line in open(result["answer_files"][0])]
+    assert len(answers) == 3 and {"question_id", "answer_id", "model_id", "choices", "tstamp"} <= set(answers[0])
+    assert len(answers[0]["choices"][0]["turns"]) == 1
+    assert os.path.isfile(os.path.join(out, "eval.md"))
+    # the same hypothesis/reference files scored by sacrebleu's own command line give the same numbers
+    exe = shutil.which("sacrebleu")
+    if exe is None:
+        pytest.skip("the sacrebleu command is not on PATH")
+    for direction in ("en-xx", "xx-en"):
+        hyp = os.path.join(out, f"translation.{direction}.hyp.txt")
+        ref = os.path.join(out, f"translation.{direction}.ref.txt")
+        scores = result[f"translation_{direction}"]
+        chrf = subprocess.run([exe, ref, "-i", hyp, "-m", "chrf", "--chrf-word-order", "2", "-b", "-w", "4"],
+                              capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+        bleu = subprocess.run([exe, ref, "-i", hyp, "-m", "bleu", "-tok", scores["bleu_tokenize"], "-b", "-w", "4"],
+                              capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+        assert abs(float(chrf.stdout.strip()) - scores["chrf++"]) < 0.01
+        assert abs(float(bleu.stdout.strip()) - scores["bleu"]) < 0.01
