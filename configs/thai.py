@@ -85,13 +85,13 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
                 ),
                 "transfer": train_stage(
                     {
-                        "tcot": component("tcot", source("embedded:thai_word_tcot", skip=200), weight=1.0),
+                        "tcot": component("tcot", source("embedded:thai_word_tcot", skip=200), weight=2.0),
                         "recovery": component(
                             "recovery_kd", source("embedded:mtbench_questions", limit=32), weight=1.0
                         ),
                         "translation": component("translate", source(words, skip=200, columns=pairs), weight=0.3),
                     },
-                    steps=10, warmup_steps=1, seq_len=192, **small,
+                    steps=16, warmup_steps=1, seq_len=192, **small,
                 ),
             }
         )  # fmt: skip

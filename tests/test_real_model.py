@@ -49,7 +49,10 @@ def test_logits_match_transformers(smollm2):
     print(f"against float64: jaxtrans {ours_err:.2e}, transformers {theirs_err:.2e}")
     # Logits here reach |70| (one float32 ulp is 7.6e-6): both fp32 results carry rounding of that
     # order, which the float64 run measures; see docs/parity.md.
-    assert diff <= 1e-4
+    # transformers' own float32 rounding moves with the CPU's torch kernels (6.0e-5 from float64 on one machine,
+    # 9.3e-5 on another), so the bound is on jaxtrans against the float64 truth, plus the pairwise gap both carry.
+    assert ours_err <= 1e-4
+    assert diff <= 1.5e-4
     assert ours_err <= 2.5 * theirs_err
     assert np.array_equal(ours.argmax(-1), ref32.argmax(-1))
 

@@ -52,9 +52,12 @@ def test_meshes_agree_and_state_is_sharded_by_the_rules():
     trainer, state, _, _ = results[(2, 2, 2)]
     lora_q = state.trainable["lora"]["layers"]["attn"]["q"]
     assert tuple(lora_q["a"].sharding.spec) == (None, "fsdp", None)  # A follows the kernel's input side
-    assert tuple(lora_q["b"].sharding.spec) == (None, None, "tensor", None)  # B its output (heads) side
+    # B its output (heads) side; its rank axis takes fsdp, which its other axes leave free
+    assert tuple(lora_q["b"].sharding.spec) == (None, "fsdp", "tensor", None)
     mlp_a = state.trainable["lora"]["layers"]["mlp"]["down"]["a"]
-    assert tuple(mlp_a.sharding.spec) == (None, "tensor", None)
+    assert tuple(mlp_a.sharding.spec) == (None, "tensor", "fsdp")
+    mlp_b = state.trainable["lora"]["layers"]["mlp"]["down"]["b"]
+    assert tuple(mlp_b.sharding.spec) == (None, None, "fsdp")  # embed has fsdp; the rank stays whole
 
 
 def test_lora_step_flops_show_no_frozen_weight_gradients():

@@ -256,7 +256,7 @@ def build_rows(
     total_w = sum(c.weight for c in components)
     counts = _shares([c.weight / total_w for c in components], rows_needed)
     parts, reports = [], []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = _pad_id(tokenizer)
     for i, (comp, n) in enumerate(zip(components, counts, strict=True)):
         records, rstats = read_component(comp, process)
         records = fill(comp, records, fillers)
@@ -273,6 +273,10 @@ def build_rows(
         )
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return merged, reports
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def _shares(fractions: Sequence[float], total: int) -> list[int]:
@@ -302,7 +306,7 @@ def stream_rows(
     weights = np.asarray([c.weight for c in components], np.float64)
     weights /= weights.sum()
     rng = np.random.default_rng(seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = _pad_id(tokenizer)
     required = {c.name: ROLES[c.kind] for c in components}
 
     def examples_of(comp: Component) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], str]]:

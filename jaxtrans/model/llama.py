@@ -366,9 +366,9 @@ class Llama(nn.Module):
                     ),
                 ).value
 
-        def head(x: Array, base_dv: Array) -> Array:
+        def head(x: Array, base_logits: Any) -> Array:
             """Logits of the base vocabulary and the new rows (padding rows at -1e9) for hidden states x."""
-            logits = jnp.einsum("...d,dv->...v", x, base_dv)
+            logits = base_logits(x)
             if new_head_dn is None:
                 return logits
             new = jnp.einsum("...d,dn->...n", x, new_head_dn.astype(c.dtype))
@@ -376,22 +376,24 @@ class Llama(nn.Module):
                 new = jnp.where(jnp.arange(n_new) >= n_new - self.adapters.padding_rows, -1e9, new)
             return jnp.concatenate([logits, new.astype(logits.dtype)], axis=-1)
 
-        def head_or_loss(x: Array, base_dv: Array) -> Any:
+        def head_or_loss(x: Array, base_logits: Any) -> Any:
             if targets_bt is None or not c.loss_chunk:
-                return head(x, base_dv)
-            return _chunked_loss(lambda xc: head(xc, base_dv), x, targets_bt, loss_mask_bt, c.loss_chunk)
+                return head(x, base_logits)
+            return _chunked_loss(lambda xc: head(xc, base_logits), x, targets_bt, loss_mask_bt, c.loss_chunk)
 
         if c.tie_embeddings:
-            out = head_or_loss(x_btd, embedding_vd.astype(c.dtype).T)
+            tied_vd = embedding_vd.astype(c.dtype)
+            out = head_or_loss(x_btd, lambda x: jnp.einsum("...d,vd->...v", x, tied_vd))
         else:
-            out = Proj(
+            lm_head = Proj(
                 (c.hidden_size,),
                 (c.vocab_size,),
                 ("embed", "vocab"),
                 dtype=c.dtype,
                 param_dtype=c.param_dtype,
                 name="lm_head",
-            )(x_btd, matmul=head_or_loss)
+            )
+            out = lm_head(x_btd, matmul=lambda x, w: head_or_loss(x, lambda xc: _dense(xc, w)))
         if targets_bt is not None and c.loss_chunk:
             return out, None
         logits_btv = out
@@ -400,6 +402,11 @@ class Llama(nn.Module):
         if cache is not None:
             new_cache = KVCache(layer_kv[0], layer_kv[1], kv_segment_bs, index + t)
         return logits_btv, new_cache
+
+
+def _dense(x: Array, kernel_dv: Array) -> Array:
+    """x [..., D] times kernel [D, V], as ``Proj`` computes it (same contraction, same rounding)."""
+    return lax.dot_general(x, kernel_dv, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def _chunked_loss(head: Any, x_btd: Array, targets_bt: Array, mask_bt: Array, chunk: int) -> tuple[Array, Array]:
