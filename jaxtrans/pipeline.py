@@ -167,12 +167,26 @@ class Run:
         return measures.ModelView(self.model_cfg, self.adapters, variables, self.tokenizer)
 
 
+def on_host(tree: Any) -> Any:
+    """numpy copies of a tree's arrays; arrays spread over several processes are gathered (a collective)."""
+    from jax.experimental import multihost_utils
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
 def digest(tree: Any) -> str:
     """A short hash of a pytree's values, to show in the report which state a stage started and ended with."""
     h = hashlib.sha256()
-    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(tree), key=lambda kv: jax.tree_util.keystr(kv[0])):
+    for path, leaf in sorted(
+        jax.tree_util.tree_leaves_with_path(on_host(tree)), key=lambda kv: jax.tree_util.keystr(kv[0])
+    ):
         h.update(jax.tree_util.keystr(path).encode())
-        h.update(np.asarray(jax.device_get(leaf)).tobytes())
+        h.update(leaf.tobytes())
     return h.hexdigest()[:16]
 
 
@@ -481,12 +495,14 @@ def run(cfg: Any) -> dict:
         points.append(measure(r, f"{i}_{name}", sets, trained=True, answers=name == last_train))
     r.report["points"] = points
     r.report["model"] = cfg.model.path
-    if jax.process_index() == 0 and r.trainable is not None:
+    if r.trainable is not None:
         from jaxtrans.export import export_peft
 
+        trained = on_host(r.trainable)  # every process joins the gather; process 0 writes
         peft_dir = os.path.join(out, "export", "peft")
-        export_peft(peft_dir, r.model_cfg, r.trainable, r.adapters, cfg.model.path, overwrite=True,
-                    tokenizer=r.tokenizer, tags=tags)  # fmt: skip
+        if jax.process_index() == 0:
+            export_peft(peft_dir, r.model_cfg, trained, r.adapters, cfg.model.path, overwrite=True,
+                        tokenizer=r.tokenizer, tags=tags)  # fmt: skip
         r.report["export"] = {"peft": peft_dir}
     _write_json(os.path.join(out, "report.json"), r.report)
     if jax.process_index() == 0:
