@@ -20,6 +20,7 @@ component and the mesh are checked, so a bad config fails in seconds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -217,6 +218,14 @@ def _generator(run: Run, view: measures.ModelView, label: str, stage_dir: str, w
     return fn
 
 
+@functools.cache
+def _translator(path: str, dtype: str, mesh: Any) -> tuple[Any, Any]:
+    """A separate translation model, loaded once for all the stages that use it."""
+    from jaxtrans.pretrained import load_pretrained
+
+    return load_pretrained(path, dtype=dtype, mesh=mesh)
+
+
 def fillers(run: Run, stage_dir: str) -> Fillers:
     """English answers from the frozen base; translations from the configured translator."""
     answer = _generator(run, run.view(trained=False), f"base:{run.cfg.model.path}", stage_dir, "answers")
@@ -238,9 +247,7 @@ def fillers(run: Run, stage_dir: str) -> Fillers:
             def to_english(texts: list[str]) -> list[str]:
                 return bwd([formats.translate_prompt(x, run.lang.name, "English") for x in texts])
     elif t.model != "none":
-        from jaxtrans.pretrained import load_pretrained
-
-        other, tok = load_pretrained(t.model, dtype=run.cfg.model.dtype, mesh=run.mesh)
+        other, tok = _translator(t.model, run.cfg.model.dtype, run.mesh)
         view = measures.ModelView(other.config, llama.Adapters(), {"params": other.params}, tok)
         fwd = _generator(run, view, f"model:{t.model}", stage_dir, "to_target")
 
@@ -472,6 +479,7 @@ def run(cfg: Any) -> dict:
         base_tokenizer=tokenizer, tokenizer=tokenizer, adapters=llama.Adapters(lora=lora),
         lang=Language(cfg.language.name, tags), out=out,
     )  # fmt: skip
+    del model  # the Run holds the parameters now; quantising can then free the float copy
     sets = _eval_sets(cfg)
     r.eval_texts = sets.get("th_text", [])[: cfg.eval.get("loop_texts", 32)]
     points = [measure(r, "0_base", sets, trained=False)]
