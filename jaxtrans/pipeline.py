@@ -157,6 +157,14 @@ class Run:
     eval_texts: list[str] = dataclasses.field(default_factory=list)  # held-out target text for in-stage evals
     report: dict = dataclasses.field(default_factory=dict)
 
+    _digest: tuple[Any, str] | None = None
+
+    def state_digest(self) -> str:
+        """digest() of the current trainable state, computed once per state (it gathers and hashes every array)."""
+        if self._digest is None or self._digest[0] is not self.trainable:
+            self._digest = (self.trainable, digest(self.trainable))
+        return self._digest[1]
+
     def view(self, trained: bool = True) -> measures.ModelView:
         """The model with the current adapters, or (``trained=False``) the frozen chat model itself."""
         if not trained or self.trainable is None:
@@ -236,7 +244,7 @@ def fillers(run: Run, stage_dir: str) -> Fillers:
             to_target = None  # nothing trained yet: a stage needing translations fails with a clear message
         else:
             view = run.view()
-            label = f"self:{digest(run.trainable)}"
+            label = f"self:{run.state_digest()}"
             fwd = _generator(run, view, label, stage_dir, "to_target")
             bwd = _generator(run, view, label, stage_dir, "to_english")
 
@@ -389,7 +397,7 @@ def run_train(run: Run, name: str, stage: Any) -> None:
         "seconds_this_run": round(time.time() - t0, 1),
         "digest_in": digest_in,
         "new_rows_digest_in": digest(init["new_rows"]) if "new_rows" in init else None,
-        "digest_out": digest(run.trainable),
+        "digest_out": run.state_digest(),
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
         "data": [dataclasses.asdict(r) for r in data_report] or _read_json(os.path.join(stage_dir, "data.json")),
@@ -432,7 +440,7 @@ def _eval_sets(cfg: Any) -> dict[str, list[str]]:
 def measure(run: Run, label: str, sets: dict[str, list[str]], trained: bool, answers: bool = True) -> dict:
     """Held-out losses; and greedy answers to the eval prompts when ``answers`` (the first and last points)."""
     path = os.path.join(run.out, "eval", f"{label}.json")
-    state = digest(run.trainable) if trained and run.trainable is not None else "base"
+    state = run.state_digest() if trained and run.trainable is not None else "base"
     cached = _read_json(path)
     if cached is not None and cached.get("state") == state:  # the same model state was measured before
         return cached
