@@ -25,6 +25,7 @@ class FakeTokenizer:
 
     chat_template = "x"
     eos_token_id = 0
+    pad_token_id = bos_token_id = None
 
     def apply_chat_template(self, messages, add_generation_prompt, tokenize, return_dict):
         text = "".join(f"[{m['role']}]{m['content']}" for m in messages) + (

@@ -19,7 +19,7 @@ import numpy as np
 from jaxtrans import xla_options
 from jaxtrans.data.formats import encode_text
 from jaxtrans.data.pack import pack
-from jaxtrans.infer.chat import chat_ids
+from jaxtrans.infer.chat import chat_ids, decode_answer
 from jaxtrans.infer.generate import SamplingConfig, generate
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
@@ -105,12 +105,6 @@ def answers(view: ModelView, prompts: Sequence[str], max_new_tokens: int = 64, b
         )
         out += [decode_answer(view.tokenizer, g, stops) for g in gen]
     return out
-
-
-def decode_answer(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> str:
-    """Text of generated ids without the stop tokens, keeping added special tokens such as the TCOT tags."""
-    drop = set(stops) | {tokenizer.pad_token_id, tokenizer.bos_token_id}
-    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False).strip()
 
 
 def agreement(reference: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:

@@ -42,3 +42,9 @@ def chat_ids(tokenizer: Any, questions: Sequence[str]) -> tuple[list[list[int]],
     """Single-turn prompts for ``questions`` and the stop ids to end the answers."""
     prompts = [render(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     return prompts, stop_token_ids(tokenizer)
+
+
+def decode_answer(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> str:
+    """Text of generated ids without the stop tokens, keeping added special tokens such as the TCOT tags."""
+    drop = set(stops) | {tokenizer.pad_token_id, tokenizer.bos_token_id}
+    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False).strip()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxtrans.data.formats import Tags, recovery_answer
-from jaxtrans.infer.chat import render
+from jaxtrans.infer.chat import decode_answer, render
 from jaxtrans.infer.tcot import parse
 
 
@@ -77,8 +77,8 @@ class TcotChat:
 
     def _generate(self, prompt: list[int], prefix: str) -> str:
         ids = prompt + (self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
-        new = [t for t in self.complete(ids) if t not in self.stops]
-        return prefix + self.tokenizer.decode(new, skip_special_tokens=False)
+        text = decode_answer(self.tokenizer, self.complete(ids), self.stops)
+        return f"{prefix} {text}" if prefix else text
 
     def send(self, query: str) -> Reply:
         prompt = render(self.tokenizer, self.messages(query), add_generation_prompt=True)
