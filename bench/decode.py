@@ -6,7 +6,8 @@ Both decode the same 8 left-padded chat prompts to exactly ``--new`` tokens
 (no early stop), alternating, and the median tokens/s of each is printed with
 the ratio. Decoding is memory-bound: every step reads all weights and the KV
 cache, so the script also prints the bytes jaxtrans reads per second against
-a large-copy bandwidth measured in the same run.
+a large-copy bandwidth measured in the same run, and how long the step's weight
+products alone take with the same kernels (the floor those kernels set).
 """
 
 from __future__ import annotations
@@ -43,6 +44,41 @@ def copy_bandwidth(n_bytes: int = 1 << 30, rounds: int = 5) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - t0)
     return 2 * n_bytes / best
+
+
+def matvec_floor_s(params: dict, batch: int) -> float:
+    """Seconds for one step's weight products alone: every kernel and the tied head times a [batch, in] input.
+
+    Same kernels, options and dtype as the decode loop, nothing else (no attention, norms or cache): the
+    floor the loop's dots set on this machine.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxtrans import xla_options
+    from jaxtrans.model import llama
+
+    layers = llama.unstack_layers({"params": params})["params"]
+    kernels = [leaf.reshape(-1, leaf.shape[-1]) if leaf.ndim == 2 else leaf.reshape(leaf.shape[0], -1)
+               for name, layer in layers.items() if name.startswith("layers_")
+               for leaf in jax.tree.leaves(layer) if leaf.ndim >= 2]  # fmt: skip
+    head = params["embedding"]
+
+    def products(kernels: list, head: jax.Array) -> jax.Array:
+        total = jnp.zeros((batch,), jnp.float32)
+        for w in kernels:
+            total += jnp.sum(jnp.ones((batch, w.shape[0]), w.dtype) @ w, axis=-1)
+        return total + jnp.sum(jnp.einsum("bd,vd->bv", jnp.ones((batch, head.shape[1])), head), axis=-1)
+
+    fn = jax.jit(products, compiler_options=xla_options.decoding())
+    fn(kernels, head).block_until_ready()
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        fn(kernels, head).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def main() -> None:
@@ -100,6 +136,7 @@ def main() -> None:
     cache_bytes = 2 * cfg.num_layers * args.batch * mean_len * cfg.num_kv_heads * cfg.head_dim * 4
     step_s = statistics.median(times["jaxtrans"]) / args.new
     bw = copy_bandwidth()
+    floor_s = matvec_floor_s(model.params, args.batch)
     print(f"batch {args.batch} x {args.new} new tokens, fp32, greedy; first 16 tokens agree on {agree:.0%} of rows")
     for k, v in tps.items():
         print(f"{k:13s} {v:8.1f} tok/s (median of {args.rounds})")
@@ -107,6 +144,8 @@ def main() -> None:
     read_bw = (weight_bytes + cache_bytes) / step_s
     print(f"jaxtrans reads {(weight_bytes + cache_bytes) / 1e6:.0f} MB per step ({step_s * 1e3:.1f} ms): "
           f"{read_bw / 1e9:.2f} GB/s vs large-copy bandwidth {bw / 1e9:.2f} GB/s -> {read_bw / bw:.0%}")  # fmt: skip
+    print(f"the step's weight products alone take {floor_s * 1e3:.1f} ms ({weight_bytes / floor_s / 1e9:.2f} GB/s): "
+          f"the loop runs at {floor_s / step_s:.0%} of the speed its dot kernels allow")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ Variants (``--config configs/thai.py:VARIANT``):
 
 from ml_collections import config_dict
 
-from jaxtrans.config import component, lora_defaults, run_defaults, source, train_stage, vocab_stage
+from jaxtrans.config import component, eval_stage, lora_defaults, run_defaults, source, train_stage, vocab_stage
 from jaxtrans.errors import JaxtransError
 
 
@@ -59,7 +59,7 @@ def _paper_stages(thai_text, parallel, english_text, instructions) -> dict:
 def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
     cfg = run_defaults()
     cfg.lora = lora_defaults(rank=64, alpha=128.0, dropout=0.05, targets="all-linear")
-    cfg.curriculum = ("vocab", "pretrain", "translate", "transfer")
+    cfg.curriculum = ("vocab", "pretrain", "translate", "transfer", "final")
     if variant == "embedded":
         # The recipe scaled to a 135M model and ~10 CPU minutes: LoRA r=16 (alpha/r kept at 2), a higher
         # learning rate for the few steps, short rows (titles, word pairs and short answers fit them).
@@ -93,6 +93,15 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
                     },
                     steps=16, warmup_steps=1, seq_len=192, **small,
                 ),
+                # the suite of ``python -m jaxtrans.eval`` on the result and on the original model; the word
+                # pairs are the 200 that training skips, the MT-bench questions the ones recovery-KD leaves out
+                "final": eval_stage(
+                    target_text=source(titles, limit=150),
+                    pairs=source(words, limit=200, columns={"english": "en", "target": "th"}),
+                    en_prompts=source("embedded:mtbench_questions", skip=72),
+                    questions=(source("embedded:mtbench_questions", skip=76, limit=3),),
+                    limit=8, max_new_tokens=40,
+                ),
             }
         )  # fmt: skip
         cfg.generation.max_new_tokens = 64
@@ -119,6 +128,12 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
                 instructions=source("hf:tatsu-lab/alpaca"),
             )
         )
+        cfg.stages.final = eval_stage(
+            target_text=source("hf:openlanguagedata/flores_plus:tha_Thai", split="devtest", columns={"text": "text"}),
+            en_prompts=source("hf:tatsu-lab/alpaca", columns={"prompt": "instruction"}, skip=50_000),
+            advbench=source("hf:walledai/AdvBench"),
+            limit=200, max_new_tokens=256,
+        )  # fmt: skip
         cfg.stages.pretrain.streaming = True
         cfg.eval.th_text = source("hf:openlanguagedata/flores_plus:tha_Thai", split="devtest")
         cfg.eval.en_prompts = source("hf:tatsu-lab/alpaca", columns={"prompt": "instruction"}, skip=50_000, limit=64)

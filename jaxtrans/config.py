@@ -183,6 +183,30 @@ def vocab_stage(corpus: config_dict.ConfigDict, **overrides: Any) -> config_dict
     return config_dict.ConfigDict(block)
 
 
+def eval_stage(**data: Any) -> config_dict.ConfigDict:
+    """An evaluation stage block (``jaxtrans.eval.suite.EvalSpec``): data sets and limits.
+
+    Data keys (each a ``source`` block, or left out): target_text, en_text,
+    pairs (roles ``english``/``target``), en_prompts, advbench (role ``prompt``),
+    questions (a tuple of sources with ``turns``, answered in FastChat's format).
+    ``limit`` caps the records of every source that sets no limit of its own.
+    """
+    block = {
+        "kind": "eval",
+        "target_text": None,
+        "en_text": None,
+        "pairs": None,
+        "en_prompts": None,
+        "advbench": None,
+        "questions": (),
+        "limit": 64,
+        "max_new_tokens": 128,
+        "model_id": "jaxtrans",
+    }
+    block.update(data)
+    return config_dict.ConfigDict(block)
+
+
 def run_defaults() -> config_dict.ConfigDict:
     """The keys every pipeline config has besides its stages."""
     cfg = config_dict.ConfigDict()

@@ -38,10 +38,11 @@ from jaxtrans.data.sources import Source, read
 from jaxtrans.data.stages import Component, Fillers, Language, build_rows, stream_rows
 from jaxtrans.errors import JaxtransError
 from jaxtrans.eval import measures
+from jaxtrans.eval.suite import EvalSpec, evaluate
 from jaxtrans.model import llama
 from jaxtrans.model.lora import LoraConfig
 
-STAGE_KINDS = ("vocab", "train")
+STAGE_KINDS = ("vocab", "train", "eval")
 
 
 class Preempted(Exception):
@@ -71,6 +72,8 @@ def check(cfg: Any) -> None:
             raise JaxtransError(f"stage {name!r}: kind {stage.kind!r} is not one of {', '.join(STAGE_KINDS)}")
         if stage.kind == "vocab" and seen_train:
             raise JaxtransError(f"vocab stage {name!r} must come before every train stage")
+        if stage.kind == "eval":
+            _eval_spec(cfg, stage)
         if stage.kind == "train":
             seen_train = True
             _components(name, stage)
@@ -118,6 +121,8 @@ def preflight(cfg: Any, max_streaming: int = 1000) -> dict[str, int]:
     counts = {}
     for name in cfg.curriculum:
         stage = cfg.stages[name]
+        if stage.kind == "eval":
+            _eval_spec(cfg, stage).check()
         if stage.kind != "train":
             continue
         for comp in _components(name, stage):
@@ -459,6 +464,34 @@ def measure(run: Run, label: str, sets: dict[str, list[str]], trained: bool, ans
     return result
 
 
+def _eval_spec(cfg: Any, stage: Any) -> EvalSpec:
+    return EvalSpec.from_config(stage, cfg.language.code, cfg.language.name)
+
+
+def run_eval(run: Run, name: str, stage: Any) -> dict:
+    """The evaluation suite on the current model and on the original one, into ``eval/NAME``.
+
+    A finished evaluation of the same model state is reused (resuming a run
+    does not evaluate twice). Every process computes; process 0 writes.
+    """
+    import tempfile
+
+    out = os.path.join(run.out, "eval", name)
+    state = run.state_digest() if run.trainable is not None else "base"
+    done = _read_json(os.path.join(out, "eval.json"))
+    if done is not None and done.get("state") == state:
+        print(f"stage {name}: evaluation of this state found in {out}")
+    else:
+        spec = _eval_spec(run.cfg, run.cfg.stages[name])
+        spec = dataclasses.replace(spec, model_id=f"{spec.model_id}-{name}")
+        where = out if jax.process_index() == 0 else tempfile.mkdtemp()
+        done = evaluate(run.view(), run.lang.tags, spec, where, baseline=run.view(trained=False), title=name)
+        done["state"] = state
+        _write_json(os.path.join(out, "eval.json"), done)
+    run.report.setdefault("evals", {})[name] = {"dir": out, "state": state}
+    return done
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -495,6 +528,9 @@ def run(cfg: Any) -> dict:
     last_train = [n for n in cfg.curriculum if cfg.stages[n].kind == "train"][-1]
     for i, name in enumerate(cfg.curriculum, 1):
         stage = cfg.stages[name]
+        if stage.kind == "eval":
+            run_eval(r, name, stage)
+            continue
         if stage.kind == "vocab":
             run_vocab(r, name, stage)
             r.adapters = dataclasses.replace(r.adapters, lora=lora)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxtrans
 from jaxtrans.infer.generate import SamplingConfig, _pick, generate
@@ -12,7 +13,8 @@ from jaxtrans.model import llama
 from tests.conftest import tiny_hf_model
 
 
-def test_cache_decode_matches_full_forward(tmp_path):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_cache_decode_matches_full_forward(tmp_path, scan_layers):
     _, path = tiny_hf_model(tmp_path, "llama", num_key_value_heads=2)
     model, _ = jaxtrans.load_pretrained(path, with_tokenizer=False)
     cfg, module = model.config, model.module
@@ -24,12 +26,16 @@ def test_cache_decode_matches_full_forward(tmp_path):
     full, _ = module.apply({"params": model.params}, tokens, segment, positions)
 
     cache = llama.KVCache.empty(cfg, batch=2, max_len=16)
-    # prefill 4 tokens, then one token at a time
+    # prefill 4 tokens (scanned), then one token at a time (scanned, or unrolled over per-layer weights)
     logits, cache = module.apply({"params": model.params}, tokens[:, :4], segment[:, :4], positions[:, :4], cache)
+    variables = {"params": model.params}
+    if not scan_layers:
+        module = llama.Llama(cfg, scan_layers=False)
+        variables, cache = llama.unstack_layers(variables), cache.unstacked()
     steps = [logits]
     for t in range(4, 10):
         sl = slice(t, t + 1)
-        logits, cache = module.apply({"params": model.params}, tokens[:, sl], segment[:, sl], positions[:, sl], cache)
+        logits, cache = module.apply(variables, tokens[:, sl], segment[:, sl], positions[:, sl], cache)
         steps.append(logits)
     decoded = jnp.concatenate(steps, axis=1)
     valid = segment.astype(bool)
@@ -45,6 +51,9 @@ def test_generate_batched_equals_one_by_one(tmp_path):
     batched = generate(model.config, {"params": model.params}, prompts, sampling)
     for prompt, got in zip(prompts, batched, strict=True):
         assert generate(model.config, {"params": model.params}, [prompt], sampling)[0] == got
+    # the scanned and the unrolled decode loops pick the same tokens
+    for scan_layers in (True, False):
+        assert generate(model.config, {"params": model.params}, prompts, sampling, scan_layers=scan_layers) == batched
 
 
 def test_sampling_filters():
@@ -57,3 +66,19 @@ def test_sampling_filters():
     nucleus = {int(_pick(logits, k, SamplingConfig(temperature=1.0, top_p=0.7))[0]) for k in keys}
     assert nucleus == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
     assert int(_pick(logits, keys[0], SamplingConfig())[0]) == 0
+
+
+def test_unrolled_decoding_with_lora_on_an_nf4_base_equals_the_scanned_one():
+    from jaxtrans.model import nf4
+    from jaxtrans.model.lora import LoraConfig
+    from tests.train_job import tiny_config
+
+    cfg = tiny_config()
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8), quantized=True)
+    trainable = llama.init_trainable(cfg, adapters, seed=3)
+    trainable["lora"] = jax.tree.map(lambda x: x + 0.05, trainable["lora"])  # a non-zero B
+    variables = {"params": nf4.quantize_params(llama.init_params(cfg, seed=1)), **trainable}
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    sampling = SamplingConfig(max_new_tokens=6)
+    scanned = generate(cfg, variables, prompts, sampling, adapters=adapters, scan_layers=True)
+    assert generate(cfg, variables, prompts, sampling, adapters=adapters, scan_layers=False) == scanned

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from jaxtrans.eval.__main__ import main, refused
+from jaxtrans.eval.__main__ import main
+from jaxtrans.eval.suite import refused
 
 
 def test_refusal_prefixes():
@@ -38,7 +39,13 @@ def test_eval_report_on_smollm2(shared_data, tmp_path):
     answers = [json.loads(line) for line in open(result["answer_files"][0])]
     assert len(answers) == 3 and {"question_id", "answer_id", "model_id", "choices", "tstamp"} <= set(answers[0])
     assert len(answers[0]["choices"][0]["turns"]) == 1
-    assert os.path.isfile(os.path.join(out, "eval.md"))
+    # the original model is measured on the same data; the report shows both, as a table and as a plot
+    base = result["baseline"]
+    assert base["target_nats_per_char"] == pytest.approx(result["target_nats_per_char"], abs=1e-6)
+    assert base["translation_en-xx"] == result["translation_en-xx"]
+    report = open(os.path.join(out, "eval.md")).read()
+    assert "![metrics](metrics.png)" in report and "| chrF++ English → target |" in report
+    assert os.path.getsize(os.path.join(out, "metrics.png")) > 1000
     # the same hypothesis/reference files scored by sacrebleu's own command line give the same numbers
     exe = shutil.which("sacrebleu")
     if exe is None:

@@ -71,6 +71,16 @@ def test_every_stage_kind_runs_and_hands_off(full_run):
     assert os.path.getsize(os.path.join(gen, "to_target.jsonl")) > 0
     assert os.path.isfile(os.path.join(out, "report.md"))
     assert [p["label"] for p in report["points"]] == ["0_base", "2_pretrain", "3_translate", "4_transfer"]
+    # the eval stage measured the final state and the original model on the same data, and wrote its report
+    final = json.load(open(os.path.join(out, "eval", "final", "eval.json")))
+    assert final["state"] == stages["transfer"]["digest_out"]
+    assert set(final["baseline"]) >= {"target_nats_per_char", "translation_en-xx", "advbench_refusal_rate"}
+    assert final["target_nats_per_char"] != final["baseline"]["target_nats_per_char"]  # trained vs original
+    assert final["fertility"]["tokens_per_char"] < final["baseline"]["fertility"]["tokens_per_char"]  # new tokens
+    assert final["advbench_n"] == 3 and len(final["en_agreement"]) == 2
+    assert len(open(final["answer_files"][0]).readlines()) == 3
+    assert os.path.getsize(os.path.join(out, "eval", "final", "metrics.png")) > 1000
+    assert "## Evaluation stage `final`" in open(os.path.join(out, "report.md")).read()
 
 
 def test_rerun_restores_finished_stages(full_run, tiny_model):

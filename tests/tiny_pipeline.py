@@ -7,7 +7,7 @@ import os
 
 from ml_collections import config_dict
 
-from jaxtrans.config import component, run_defaults, source, train_stage, vocab_stage
+from jaxtrans.config import component, eval_stage, run_defaults, source, train_stage, vocab_stage
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data")
 
@@ -24,7 +24,7 @@ def get_config(model_dir: str) -> config_dict.ConfigDict:
     cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout = 4, 8.0, 0.05
     cfg.generation.batch_size, cfg.generation.max_new_tokens = 8, 6
     cfg.progress = False
-    cfg.curriculum = ("vocab", "pretrain", "translate", "transfer")
+    cfg.curriculum = ("vocab", "pretrain", "translate", "transfer", "final")
     small = dict(steps=3, warmup_steps=1, learning_rate=5e-3, seq_len=96, batch_size=4, save_every=1)
     pairs = source(_d("en-th-talpco", "talpco_en_th.jsonl"), columns={"src": "en", "tgt": "th"})
     aligned = source(_d("en-th-tatoeba", "tatoeba.tha-eng.eng"), aligned=_d("en-th-tatoeba", "tatoeba.tha-eng.tha"))
@@ -54,6 +54,15 @@ def get_config(model_dir: str) -> config_dict.ConfigDict:
                     "chat": component("sft", sharegpt),
                 },
                 **small,
+            ),
+            "final": eval_stage(
+                target_text=source(thaigov, skip=200),
+                pairs=source(_d("en-th-talpco", "talpco_en_th.jsonl"), columns={"english": "en", "target": "th"}),
+                en_prompts=source(_d("eval-vicuna", "question.jsonl"), columns={"prompt": "turns.0"}),
+                advbench=source(_d("eval-advbench", "harmful_behaviors.csv"), columns={"prompt": "goal"}),
+                questions=(source(_d("eval-vicuna-th", "vicuna_th.jsonl"), columns={"turns": "th"}),),
+                limit=3,
+                max_new_tokens=6,
             ),
         }
     )

@@ -117,6 +117,13 @@ def write_markdown(path: str, report: dict, tags: Tags = Tags(), samples: int = 
             shown = parts.answer if parts.answer is not None else after
             lines.append(f"   after: {shown!r}" + ("" if shown == after else f" (full: {after!r})"))
             lines.append("")
+    for name, ev in report.get("evals", {}).items():
+        rel = os.path.relpath(ev["dir"], os.path.dirname(os.path.abspath(path)))
+        lines += [f"## Evaluation stage `{name}`", "", f"Full report: `{rel}/eval.md`.", ""]
+        md = os.path.join(ev["dir"], "eval.md")
+        if os.path.isfile(md):  # its table and plot, with links relative to this report
+            body = open(md, encoding="utf-8").read().split("\n")[1:]
+            lines += [ln.replace("](metrics.png)", f"]({rel}/metrics.png)") for ln in body]
     if "export" in report:
         peft = report["export"]["peft"]
         lines += ["## Use it", "", f"The adapter (PEFT format, with the tokenizer) is in `{peft}`:", "", "```bash",

@@ -4,6 +4,13 @@ Prompts are left-padded to a bucketed length so a handful of shapes compile
 once; the prefill and the whole decode loop run in one jitted call
 (``lax.while_loop``, stopping early once every row has hit a stop token).
 This is the one implementation behind chat, evaluation and recovery-KD.
+
+On CPU, long decodes run the layers unrolled over per-layer weights (see
+``llama.unstack_layers``): XLA:CPU copies a layer out of the stacked weights
+at every step of a scan, which cost 40% of each SmolLM2 step. Unrolling costs
+one copy of the layer weights per call and a longer compile (+3 s for
+SmolLM2's 30 layers, per prompt bucket), which pays from about 100 steps; so
+it is used from ``UNROLL_FROM`` new tokens. Other backends always scan.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from jaxtrans import xla_options
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
+
+UNROLL_FROM = 128  # max_new_tokens from which CPU decoding unrolls the layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,16 +75,20 @@ def _decode(
     pad_id: jax.Array,
     sampling: SamplingConfig,
     adapters: llama.Adapters,
+    scan_layers: bool,
 ) -> jax.Array:
     model = llama.Llama(cfg, adapters)
     b, p = tokens_bp.shape
     n_new = sampling.max_new_tokens
     cache = llama.KVCache.empty(cfg, b, p + n_new)
     positions_bp = llama.positions_from_segments(segment_bp)
-    logits_bpv, cache = model.apply(variables, tokens_bp, segment_bp, positions_bp, cache)
+    logits_b1v, cache = model.apply(variables, tokens_bp, segment_bp, positions_bp, cache, last_logits_only=True)
+    if not scan_layers:  # prefill scanned (it slices each layer once), decode unrolled
+        model = llama.Llama(cfg, adapters, scan_layers=False)
+        variables, cache = llama.unstack_layers(variables), cache.unstacked()
     next_pos_b = positions_bp[:, -1] + 1
     key = jax.random.key(sampling.seed)
-    first = _pick(logits_bpv[:, -1], jax.random.fold_in(key, 0), sampling)
+    first = _pick(logits_b1v[:, 0], jax.random.fold_in(key, 0), sampling)
     out_bn = jnp.full((b, n_new), pad_id, jnp.int32).at[:, 0].set(first)
     done_b = jnp.isin(first, stop_ids)
 
@@ -98,7 +111,8 @@ def _decode(
 
 @functools.cache
 def _compiled_decode() -> Any:
-    return jax.jit(_decode, static_argnames=("cfg", "sampling", "adapters"), compiler_options=xla_options.accurate())
+    static = ("cfg", "sampling", "adapters", "scan_layers")
+    return jax.jit(_decode, static_argnames=static, compiler_options=xla_options.decoding())
 
 
 def generate(
@@ -110,12 +124,14 @@ def generate(
     pad_id: int = 0,
     max_len: int | None = None,
     adapters: llama.Adapters = llama.Adapters(),
+    scan_layers: bool | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt, up to and including the first stop token.
 
     ``variables`` is what ``Llama.apply`` takes (``{"params": ...}`` plus the
     ``lora`` / ``new_rows`` collections that ``adapters`` describes).
     ``max_len`` bounds prompt + new tokens (default: the model's context length).
+    ``scan_layers`` picks the layer loop (default: see the module docstring).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise JaxtransError("generate needs at least one prompt, and no prompt may be empty")
@@ -133,7 +149,10 @@ def generate(
         tokens[i, p - len(ids) :] = ids
         segment[i, p - len(ids) :] = 1
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
-    out = np.asarray(_compiled_decode()(cfg, variables, tokens, segment, stops, jnp.int32(pad_id), sampling, adapters))
+    if scan_layers is None:
+        scan_layers = not xla_options.on_cpu() or sampling.max_new_tokens < UNROLL_FROM
+    out = _compiled_decode()(cfg, variables, tokens, segment, stops, jnp.int32(pad_id), sampling, adapters, scan_layers)
+    out = np.asarray(out)
     results = []
     stop_set = set(stop_ids)
     for row in out:

@@ -44,6 +44,20 @@ def reference(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts:
     return out_btkgh.reshape(b, t, n, h)
 
 
+def cached(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array, mask_bts: jax.Array) -> jax.Array:
+    """``reference`` over a KV cache laid out [B, K, S, H], the layout decoding reads without a transpose."""
+    b, t, n, h = q_btnh.shape
+    kv_heads = k_bksh.shape[1]
+    q_bkgth = q_btnh.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)
+    acc = jnp.promote_types(q_btnh.dtype, jnp.float32)
+    scores_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh, preferred_element_type=acc) * (h**-0.5)
+    bias_bts = jnp.where(mask_bts, 0.0, -1e9).astype(acc)
+    scores_bkgts = scores_bkgts + bias_bts[:, None, None, :, :]
+    probs_bkgts = jax.nn.softmax(scores_bkgts.astype(jnp.float32), axis=-1).astype(v_bksh.dtype)
+    out_bkgth = jnp.einsum("bkgts,bksh->bkgth", probs_bkgts, v_bksh)
+    return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
 IMPLEMENTATIONS = ("xla", "chunked", "dot_product", "flash")
 
 

@@ -44,23 +44,34 @@ _INIT = nn.initializers.normal(stddev=0.02)
 
 
 class KVCache(NamedTuple):
-    """Pre-allocated decoding cache. Slots fill left to right; ``index`` is the next free slot."""
+    """Pre-allocated decoding cache. Slots fill left to right; ``index`` is the next free slot.
 
-    k_lbskh: Array
-    v_lbskh: Array
+    ``k_lbksh``/``v_lbksh`` are one stacked [L, B, K, S, H] array each for the
+    scanned model, or a tuple of L [B, K, S, H] arrays for ``scan_layers=False``.
+    Heads come before slots so that attention reads the cache without transposing it.
+    """
+
+    k_lbksh: Any
+    v_lbksh: Any
     segment_bs: Array  # 0 marks empty slots and padding
     index: Array  # int32 scalar
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None, stacked: bool = True) -> KVCache:
         dtype = jnp.dtype(dtype or cfg.dtype)
-        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-        return cls(
-            jnp.zeros(shape, dtype),
-            jnp.zeros(shape, dtype),
-            jnp.zeros((batch, max_len), jnp.int32),
-            jnp.zeros((), jnp.int32),
-        )
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        if stacked:
+            k, v = jnp.zeros((cfg.num_layers, *shape), dtype), jnp.zeros((cfg.num_layers, *shape), dtype)
+        else:
+            k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+            v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        return cls(k, v, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def unstacked(self) -> KVCache:
+        """The same cache as per-layer arrays, for ``scan_layers=False``."""
+        n = self.k_lbksh.shape[0]
+        return self._replace(k_lbksh=tuple(self.k_lbksh[i] for i in range(n)),
+                             v_lbksh=tuple(self.v_lbksh[i] for i in range(n)))  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,12 +224,11 @@ class Attention(nn.Module):
         k_btkh = rope.apply(k_btkh, ctx.cos_bth, ctx.sin_bth)
         if kv is not None:
             k_cache, v_cache = kv
-            start = (0, ctx.cache_index, 0, 0)
-            k_bskh = lax.dynamic_update_slice(k_cache, k_btkh.astype(k_cache.dtype), start)
-            v_bskh = lax.dynamic_update_slice(v_cache, v_btkh.astype(v_cache.dtype), start)
-            kv = (k_bskh, v_bskh)
-            k_att, v_att = k_bskh.astype(c.dtype), v_bskh.astype(c.dtype)
-            out_btnh = attention.reference(q_btnh, k_att, v_att, ctx.mask_bts)  # decoding: T is tiny
+            start = (0, 0, ctx.cache_index, 0)
+            k_bksh = lax.dynamic_update_slice(k_cache, k_btkh.swapaxes(1, 2).astype(k_cache.dtype), start)
+            v_bksh = lax.dynamic_update_slice(v_cache, v_btkh.swapaxes(1, 2).astype(v_cache.dtype), start)
+            kv = (k_bksh, v_bksh)
+            out_btnh = attention.cached(q_btnh, k_bksh.astype(c.dtype), v_bksh.astype(c.dtype), ctx.mask_bts)
         elif c.attention == "flash":
             out_btnh = attention.flash(q_btnh, k_btkh, v_btkh, ctx.segment_bt)
         elif c.attention == "dot_product":
@@ -281,6 +291,7 @@ class Llama(nn.Module):
 
     cfg: ModelConfig
     adapters: Adapters = Adapters()
+    scan_layers: bool = True  # False: one module per layer (``layers_0`` ...), see ``unstack_layers``
 
     @nn.compact
     def __call__(
@@ -291,12 +302,14 @@ class Llama(nn.Module):
         cache: KVCache | None = None,
         targets_bt: Array | None = None,
         loss_mask_bt: Array | None = None,
+        last_logits_only: bool = False,
     ) -> tuple[Any, KVCache | None]:
         """(logits [B, T, V], cache); with ``targets_bt`` and ``cfg.loss_chunk``: ((loss sum, tokens), None).
 
         The second form never builds all logits at once: the head and the loss run
         ``loss_chunk`` positions at a time, each block rematerialised in the
         backward pass (the [T, V] logits are the largest activation of a LoRA step).
+        ``last_logits_only`` returns logits [B, 1, V] of the last position (a prefill needs no others).
         """
         c = self.cfg
         b, t = tokens_bt.shape
@@ -334,7 +347,7 @@ class Llama(nn.Module):
             q_slot_t = q_slot_t + index
             kv_slot_s = jnp.arange(cache.segment_bs.shape[1], dtype=jnp.int32)
             kv_segment_bs = lax.dynamic_update_slice(cache.segment_bs, segment_bt, (0, index))
-            layer_kv = (cache.k_lbskh, cache.v_lbskh)
+            layer_kv = (cache.k_lbksh, cache.v_lbksh)
         cos_bth, sin_bth = rope.cos_sin(c.rope, positions_bt, c.dtype)
         mask_bts = attention.mask(q_slot_t, kv_slot_s, segment_bt, kv_segment_bs, c.sliding_window)
         ctx = LayerContext(cos_bth, sin_bth, mask_bts, index, segment_bt)
@@ -342,15 +355,26 @@ class Llama(nn.Module):
         block = Block
         if c.remat != "none":
             block = nn.remat(Block, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-        stack = nn.scan(
-            block,
-            variable_axes={"params": 0, "lora": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, 0),
-            length=c.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        x_btd, layer_kv = stack(c, self.adapters, name="layers")(x_btd, ctx, layer_kv)
+        if self.scan_layers:
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0, "lora": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, 0),
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_btd, layer_kv = stack(c, self.adapters, name="layers")(x_btd, ctx, layer_kv)
+        else:
+            kvs = []
+            for i in range(c.num_layers):
+                kv_i = None if layer_kv is None else (layer_kv[0][i], layer_kv[1][i])
+                x_btd, kv_i = block(c, self.adapters, name=f"layers_{i}")(x_btd, ctx, kv_i)
+                kvs.append(kv_i)
+            if layer_kv is not None:
+                layer_kv = (tuple(k for k, _ in kvs), tuple(v for _, v in kvs))
+        if last_logits_only:
+            x_btd = x_btd[:, -1:]
         x_btd = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x_btd)
 
         new_head_dn = None
@@ -402,6 +426,23 @@ class Llama(nn.Module):
         if cache is not None:
             new_cache = KVCache(layer_kv[0], layer_kv[1], kv_segment_bs, index + t)
         return logits_btv, new_cache
+
+
+def unstack_layers(variables: dict[str, Any]) -> dict[str, Any]:
+    """Variables of the scanned model re-laid for ``Llama(..., scan_layers=False)``: ``layers`` -> ``layers_i``.
+
+    Decoding on CPU wants this: slicing one layer out of the stacked weights
+    inside the loop is a copy there, every layer of every step.
+    """
+    out = {}
+    for name, tree in variables.items():
+        if isinstance(tree, dict) and "layers" in tree:
+            layers = tree["layers"]
+            n = jax.tree.leaves(layers)[0].shape[0]
+            tree = {k: v for k, v in tree.items() if k != "layers"}
+            tree.update({f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n)})
+        out[name] = tree
+    return out
 
 
 def _dense(x: Array, kernel_dv: Array) -> Array:
