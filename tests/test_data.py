@@ -178,3 +178,28 @@ def test_streaming_rows_are_deterministic_and_resume_exactly(tmp_path, tokenizer
         got = next(resumed)
         assert all(np.array_equal(got[k], want[k]) for k in want)
     assert batches[0]["tokens"].shape == (2, 2, 32)
+
+
+def test_eval_stage_config_and_data_errors_come_before_any_model_work(tmp_path):
+    from jaxtrans import pipeline
+    from jaxtrans.config import eval_stage, run_defaults, train_stage
+
+    good = tmp_path / "pairs.jsonl"
+    good.write_text('{"en": "cat", "th": "แมว"}\n')
+    cfg = run_defaults()
+    cfg.curriculum = ("sft", "final")
+    cfg.stages = {
+        "sft": train_stage({"pairs": component("translate", source(str(good), columns={"src": "en", "tgt": "th"}))}),
+        "final": eval_stage(pairs=source(str(good), columns={"english": "en", "target": "th"})),
+    }
+    pipeline.check(cfg)
+    pipeline.preflight(cfg)
+    cfg.stages.final.pairs.columns = {"english": "en", "target": "thai"}  # a column the file lacks
+    with pytest.raises(JaxtransError, match=r"pairs.jsonl:1: no 'thai' column for 'target'"):
+        pipeline.preflight(cfg)
+    cfg.stages.final.pairs.path = str(tmp_path / "missing.jsonl")
+    with pytest.raises(JaxtransError, match="missing.jsonl does not exist"):
+        pipeline.preflight(cfg)
+    cfg.stages.final.bleu = True
+    with pytest.raises(JaxtransError, match=r"eval stage keys \['bleu'\] are unknown"):
+        pipeline.check(cfg)
