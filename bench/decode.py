@@ -57,12 +57,14 @@ def matvec_floor_s(params: dict, batch: int) -> float:
     import numpy as np
 
     from jaxtrans import xla_options
-    from jaxtrans.model import llama
 
-    layers = llama.unstack_layers({"params": params})["params"]
-    kernels = [leaf.reshape(-1, leaf.shape[-1]) if leaf.ndim == 2 else leaf.reshape(leaf.shape[0], -1)
-               for name, layer in layers.items() if name.startswith("layers_")
-               for leaf in jax.tree.leaves(layer) if leaf.ndim >= 2]  # fmt: skip
+    kernels = []  # every layer's kernels as [in, out] matrices; o contracts its (heads, head_dim) axes
+    for i in range(params["layers"]["attn_norm"]["scale"].shape[0]):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params["layers"])[0]:
+            if leaf.ndim >= 3:  # a stacked kernel, not a norm scale
+                w = leaf[i]
+                o = "'o'" in jax.tree_util.keystr(path)
+                kernels.append(w.reshape(-1, w.shape[-1]) if o else w.reshape(w.shape[0], -1))
     head = params["embedding"]
 
     def products(kernels: list, head: jax.Array) -> jax.Array:

@@ -472,7 +472,7 @@ def run_eval(run: Run, name: str, stage: Any) -> dict:
     """The evaluation suite on the current model and on the original one, into ``eval/NAME``.
 
     A finished evaluation of the same model state is reused (resuming a run
-    does not evaluate twice). Every process computes; process 0 writes.
+    does not evaluate twice). Every process computes; process 0 writes into ``eval/NAME``.
     """
     import tempfile
 
@@ -485,9 +485,7 @@ def run_eval(run: Run, name: str, stage: Any) -> dict:
         spec = _eval_spec(run.cfg, run.cfg.stages[name])
         spec = dataclasses.replace(spec, model_id=f"{spec.model_id}-{name}")
         where = out if jax.process_index() == 0 else tempfile.mkdtemp()
-        done = evaluate(run.view(), run.lang.tags, spec, where, baseline=run.view(trained=False), title=name)
-        done["state"] = state
-        _write_json(os.path.join(out, "eval.json"), done)
+        done = evaluate(run.view(), run.lang.tags, spec, where, run.view(trained=False), title=name, state=state)
     run.report.setdefault("evals", {})[name] = {"dir": out, "state": state}
     return done
 

@@ -115,8 +115,7 @@ class EvalSpec:
                 raise JaxtransError(f"eval data {name!r} ({src.path}) has no records")
 
     def records(self, name: str, optional: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        src = dict((n, s) for n, s, _ in self.sources())[name]
-        roles = dict((n, r) for n, _, r in self.sources())[name]
+        src, roles = {n: (s, r) for n, s, r in self.sources()}[name]
         src = dataclasses.replace(src, limit=src.limit or self.limit)
         return list(read(src, roles, optional))
 
@@ -181,11 +180,14 @@ def _answer_file(view: Any, tags: Any, spec: EvalSpec, rows: list[dict], path: s
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
-def evaluate(view: Any, tags: Any, spec: EvalSpec, out: str, baseline: Any = None, title: str = "") -> dict[str, Any]:
+def evaluate(
+    view: Any, tags: Any, spec: EvalSpec, out: str, baseline: Any = None, title: str = "", **meta: Any
+) -> dict[str, Any]:
     """Measure ``view`` (and ``baseline``, the original model, when given) and write the report into ``out``.
 
     The result holds the model's metrics at the top level and the original's
     under ``"baseline"``; English answers are compared with the original's.
+    ``meta`` (e.g. the pipeline's state digest) is stored with the result.
     """
     from jaxtrans.data.formats import Tags
     from jaxtrans.eval import measures
@@ -197,6 +199,7 @@ def evaluate(view: Any, tags: Any, spec: EvalSpec, out: str, baseline: Any = Non
         result["baseline"] = before
         if "en_answers" in before:
             result["en_agreement"] = measures.agreement(before["en_answers"], result["en_answers"])
+    result.update(meta)
     with open(os.path.join(out, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False, indent=1)
     plots = write_plot(result, os.path.join(out, "metrics.png"))

@@ -31,31 +31,32 @@ def mask(
 def reference(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array) -> jax.Array:
     """Plain XLA attention; softmax in float32 as transformers does. Returns [B, T, N, H]."""
     b, t, n, h = q_btnh.shape
-    kv_heads = k_bskh.shape[2]
-    q_btkgh = q_btnh.reshape(b, t, kv_heads, n // kv_heads, h)
-    acc = jnp.promote_types(q_btnh.dtype, jnp.float32)  # bf16 inputs accumulate in float32
-    scores_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=acc) * (h**-0.5)
+    q_btkgh = q_btnh.reshape(b, t, k_bskh.shape[2], -1, h)
+    return _attend(q_btkgh, k_bskh, v_bskh, mask_bts, "btkgh", "bskh").reshape(b, t, n, h)
+
+
+def cached(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array, mask_bts: jax.Array) -> jax.Array:
+    """``reference`` over a KV cache laid out [B, K, S, H], the layout decoding reads without a transpose.
+
+    Queries go heads-first too: with the time axis inside, the two products are
+    plain batched matmuls over (B, K) that XLA:CPU runs without copies.
+    """
+    b, t, n, h = q_btnh.shape
+    q_bkgth = q_btnh.reshape(b, t, k_bksh.shape[1], -1, h).transpose(0, 2, 3, 1, 4)
+    out_bkgth = _attend(q_bkgth, k_bksh, v_bksh, mask_bts, "bkgth", "bksh")
+    return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask_bts: jax.Array, q_spec: str, kv_spec: str) -> jax.Array:
+    """Grouped-query attention for queries laid out ``q_spec`` and keys/values ``kv_spec`` (einsum letters)."""
+    acc = jnp.promote_types(q.dtype, jnp.float32)  # bf16 inputs accumulate in float32
+    scores_bkgts = jnp.einsum(f"{q_spec},{kv_spec}->bkgts", q, k, preferred_element_type=acc) * (q.shape[-1] ** -0.5)
     # An additive bias (not a select) keeps the backward pass free of zero-filled buffers; -1e9 sends
     # exp() to exactly 0, and a fully masked row (a padding query) gets a uniform softmax, not NaN.
     bias_bts = jnp.where(mask_bts, 0.0, -1e9).astype(acc)
     scores_bkgts = scores_bkgts + bias_bts[:, None, None, :, :]
-    probs_bkgts = jax.nn.softmax(scores_bkgts.astype(jnp.float32), axis=-1).astype(v_bskh.dtype)
-    out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
-    return out_btkgh.reshape(b, t, n, h)
-
-
-def cached(q_btnh: jax.Array, k_bksh: jax.Array, v_bksh: jax.Array, mask_bts: jax.Array) -> jax.Array:
-    """``reference`` over a KV cache laid out [B, K, S, H], the layout decoding reads without a transpose."""
-    b, t, n, h = q_btnh.shape
-    kv_heads = k_bksh.shape[1]
-    q_bkgth = q_btnh.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)
-    acc = jnp.promote_types(q_btnh.dtype, jnp.float32)
-    scores_bkgts = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh, preferred_element_type=acc) * (h**-0.5)
-    bias_bts = jnp.where(mask_bts, 0.0, -1e9).astype(acc)
-    scores_bkgts = scores_bkgts + bias_bts[:, None, None, :, :]
-    probs_bkgts = jax.nn.softmax(scores_bkgts.astype(jnp.float32), axis=-1).astype(v_bksh.dtype)
-    out_bkgth = jnp.einsum("bkgts,bksh->bkgth", probs_bkgts, v_bksh)
-    return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+    probs_bkgts = jax.nn.softmax(scores_bkgts.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum(f"bkgts,{kv_spec}->{q_spec}", probs_bkgts, v)
 
 
 IMPLEMENTATIONS = ("xla", "chunked", "dot_product", "flash")
