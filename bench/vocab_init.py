@@ -47,7 +47,7 @@ def main() -> None:
     from jaxtrans.model.lora import LoraConfig
     from jaxtrans.train.optim import OptimConfig
     from jaxtrans.train.step import Trainer
-    from jaxtrans.vocab.__main__ import load_any_tokenizer
+    from jaxtrans.vocab.base import load_tokenizer
     from jaxtrans.vocab.extend import ExtendConfig, extend
     from jaxtrans.vocab.init import prepare
 
@@ -59,7 +59,7 @@ def main() -> None:
         open(corpus, "w").write("\n".join(train))
         out = os.path.join(tmp, "tok")
         extend("embedded:smollm2", [corpus], ExtendConfig("th", args.new_tokens), out)
-        tok = load_any_tokenizer(out)
+        tok = load_tokenizer(out)
         train_blocks = blocks(tok, train[::-1], args.seq, args.steps * args.batch)
         held_blocks = blocks(tok, held, args.seq, 16)
         print(

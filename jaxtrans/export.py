@@ -158,8 +158,13 @@ def export_merged(
     dtype: str = "float32",
     max_shard_bytes: int = 5 << 30,
     overwrite: bool = False,
+    vocab_record: dict | None = None,
 ) -> str:
-    """Write the merged model as a HF directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
+    """Write the merged model as a HF directory that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+    ``vocab_record`` (the extended tokenizer's ``jaxtrans_vocab.json``) is kept
+    beside it, so the resize and its row initialisation can be reproduced.
+    """
     if tokenizer is not None and len(tokenizer) != cfg.vocab_size + adapters.new_tokens - adapters.padding_rows:
         raise JaxtransError(
             f"the tokenizer has {len(tokenizer)} tokens but the model {cfg.vocab_size} + "
@@ -184,11 +189,20 @@ def export_merged(
                 json.dump(gen, f, indent=2)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_cfg, f, indent=2)
+        _write_vocab_record(tmp, vocab_record)
         _commit(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _write_vocab_record(out: str, record: dict | None) -> None:
+    if record is not None:
+        from jaxtrans.vocab.extend import REPORT
+
+        with open(os.path.join(out, REPORT), "w") as f:
+            json.dump(record, f, ensure_ascii=False, indent=1)
 
 
 def _peft_prefix(layer: int, name: str) -> str:
@@ -204,11 +218,14 @@ def export_peft(
     overwrite: bool = False,
     tokenizer: Any = None,
     tags: Any = None,
+    vocab_record: dict | None = None,
 ) -> str:
     """Write the adapter so that ``PeftModel.from_pretrained(base, out_dir)`` loads it.
 
     ``tokenizer`` (the extended one, when the vocabulary grew) is saved beside
-    it; ``tags`` (TCOT tags) go to ``jaxtrans_adapter.json`` for the chat tool.
+    it; ``tags`` (TCOT tags) go to ``jaxtrans_adapter.json`` for the chat tool;
+    ``vocab_record`` (``jaxtrans_vocab.json``) is kept beside it and its
+    summary (sizes, init method) goes to ``jaxtrans_adapter.json``.
     """
     from safetensors.numpy import save_file
 
@@ -264,10 +281,13 @@ def export_peft(
         info: dict[str, Any] = {"base_vocab_size": cfg.vocab_size, "vocab_size": cfg.vocab_size + n_new}
         if tags is not None:
             info["tags"] = {"english": tags.english, "response": tags.response, "target": tags.target}
+        if vocab_record is not None:
+            info["vocab"] = {k: v for k, v in vocab_record.items() if k != "entries"}
         with open(os.path.join(tmp, ADAPTER_INFO), "w") as f:
             json.dump(info, f, indent=2)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        _write_vocab_record(tmp, vocab_record)
         _commit(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

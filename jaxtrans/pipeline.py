@@ -158,6 +158,7 @@ class Run:
     lang: Language
     out: str
     new_rows: dict | None = None
+    vocab_record: dict | None = None  # jaxtrans_vocab.json of the extended tokenizer: exported with the adapter
     trainable: dict | None = None
     eval_texts: list[str] = dataclasses.field(default_factory=list)  # held-out target text for in-stage evals
     report: dict = dataclasses.field(default_factory=dict)
@@ -282,6 +283,7 @@ def run_vocab(run: Run, name: str, stage: Any) -> None:
     corpus = stage.corpus if isinstance(stage.corpus, str) else stage.corpus.to_dict()
     request = {"model": run.cfg.model.path, "language": run.cfg.language.code, "corpus": corpus}
     request.update({k: stage[k] for k in ("new_tokens", "special_tokens", "pad_to_multiple", "min_frequency")})
+    request.update(init=stage.init, head_init=stage.head_init)
     request = json.loads(json.dumps(request))  # tuples -> lists, as read back
     if not os.path.isfile(os.path.join(out_dir, vx.REPORT)):
         src = Source.from_config(stage.corpus)
@@ -296,6 +298,8 @@ def run_vocab(run: Run, name: str, stage: Any) -> None:
             special_tokens=tuple(stage.special_tokens),
             pad_to_multiple=stage.pad_to_multiple,
             min_frequency=stage.min_frequency,
+            init=stage.init,
+            head_init=stage.head_init,
         )
         vx.extend(run.cfg.model.path, [corpus_file], xcfg, out_dir, overwrite=True)
         _write_json(request_path, request)
@@ -307,8 +311,9 @@ def run_vocab(run: Run, name: str, stage: Any) -> None:
     from transformers import AutoTokenizer
 
     run.tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    run.adapters, run.new_rows = prepare(run.model_cfg, run.float_base, out_dir, stage.init, stage.head_init)
+    run.adapters, run.new_rows = prepare(run.model_cfg, run.float_base, out_dir)  # the recorded init method
     report = vx.load_report(out_dir)
+    run.vocab_record = report
     run.report.setdefault("stages", {})[name] = {
         "kind": "vocab",
         "new_tokens": report["new_tokens"],
@@ -552,7 +557,7 @@ def run(cfg: Any) -> dict:
         peft_dir = os.path.join(out, "export", "peft")
         if jax.process_index() == 0:
             export_peft(peft_dir, r.model_cfg, trained, r.adapters, cfg.model.path, overwrite=True,
-                        tokenizer=r.tokenizer, tags=tags)  # fmt: skip
+                        tokenizer=r.tokenizer, tags=tags, vocab_record=r.vocab_record)  # fmt: skip
         r.report["export"] = {"peft": peft_dir}
     _write_json(os.path.join(out, "report.json"), r.report)
     if jax.process_index() == 0:

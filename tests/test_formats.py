@@ -26,7 +26,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def llama2(shared_data):
-    from jaxtrans.vocab.extend import hf_tokenizer_for_spm
+    from jaxtrans.vocab.base import hf_tokenizer_for_spm
 
     return hf_tokenizer_for_spm(os.path.join(shared_data, "tokenizer-llama2", "tokenizer.model"))
 

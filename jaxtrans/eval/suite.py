@@ -125,7 +125,7 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
     from jaxtrans.data.formats import translate_prompt
     from jaxtrans.eval import measures
     from jaxtrans.infer.tcot import parse
-    from jaxtrans.vocab.__main__ import fertility
+    from jaxtrans.vocab.fertility import fertility
 
     result: dict[str, Any] = {}
     n = spec.max_new_tokens

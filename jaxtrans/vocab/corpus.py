@@ -41,35 +41,59 @@ def has_script_char(text: str, ranges: Sequence[tuple[int, int]]) -> bool:
     return any(lo <= ord(ch) <= hi for ch in text for lo, hi in ranges)
 
 
+def _decode(path: str, lineno: int, raw: bytes, last: bool) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if last and e.reason == "unexpected end of data":
+            raise JaxtransError(
+                f"{path}:{lineno}: the file ends inside a multi-byte UTF-8 character (cut short?); "
+                "remove the partial character or re-copy the file"
+            ) from None
+        raise JaxtransError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+
+
 def _iter_file(path: str, field: str) -> Iterator[str]:
     if not os.path.isfile(path):
         raise JaxtransError(f"corpus file {path} does not exist")
-    is_json = path.endswith((".jsonl", ".json"))
-    with open(path, encoding="utf-8", errors="strict") as f:
+    if path.endswith(".json"):
+        with open(path, "rb") as f:
+            data = f.read()
         try:
-            if path.endswith(".json"):
-                records = json.load(f)
-                for i, rec in enumerate(records if isinstance(records, list) else [records]):
-                    if not isinstance(rec, dict) or field not in rec:
-                        raise JaxtransError(f"{path}: record {i} has no {field!r} field")
-                    yield str(rec[field])
-                return
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                if is_json:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise JaxtransError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                    if not isinstance(rec, dict) or field not in rec:
-                        raise JaxtransError(f"{path}:{lineno}: no {field!r} field")
-                    yield str(rec[field])
-                else:
-                    yield line
-        except UnicodeDecodeError as e:
-            raise JaxtransError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            records = json.loads(_decode(path, 1, data, last=True))
+        except json.JSONDecodeError as e:
+            raise JaxtransError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        for i, rec in enumerate(records if isinstance(records, list) else [records]):
+            if not isinstance(rec, dict) or field not in rec:
+                raise JaxtransError(f"{path}: record {i} has no {field!r} field")
+            yield str(rec[field])
+        return
+    for lineno, raw, last in _lines(path):
+        line = _decode(path, lineno, raw, last).rstrip("\r\n")
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise JaxtransError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or field not in rec:
+                raise JaxtransError(f"{path}:{lineno}: no {field!r} field")
+            yield str(rec[field])
+        else:
+            yield line
+
+
+def _lines(path: str) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, raw line, is it the last line), streamed."""
+    with open(path, "rb") as f:
+        prev = None
+        for lineno, raw in enumerate(f, 1):
+            if prev is not None:
+                yield lineno - 1, prev, False
+            prev = raw
+        if prev is not None:
+            yield lineno, prev, True
 
 
 def _iter_hub(spec: str, field: str) -> Iterator[str]:

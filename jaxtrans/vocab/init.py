@@ -28,6 +28,7 @@ import numpy as np
 from jaxtrans.errors import JaxtransError
 
 METHODS = ("zip_tie", "mean", "random")
+HEAD_METHODS = ("zip_tie", "first")
 
 
 def new_rows(
@@ -42,8 +43,8 @@ def new_rows(
     """``{"embedding": [n, D]}`` plus ``{"head": [D, n]}`` when the LM head is untied (n includes padding)."""
     if method not in METHODS:
         raise JaxtransError(f"embedding init {method!r} is not one of {', '.join(METHODS)}")
-    if head not in ("zip_tie", "first"):
-        raise JaxtransError(f"head init {head!r} is not one of zip_tie, first")
+    if head not in HEAD_METHODS:
+        raise JaxtransError(f"head init {head!r} is not one of {', '.join(HEAD_METHODS)}")
     emb = np.asarray(embedding_vd, np.float32)
     vocab = emb.shape[0]
     for i, ids in enumerate(base_ids):
@@ -70,17 +71,28 @@ def new_rows(
 
 
 def prepare(
-    cfg: Any, base_params: Any, tokenizer_dir: str, method: str = "zip_tie", head: str = "zip_tie", seed: int = 0
+    cfg: Any,
+    base_params: Any,
+    tokenizer_dir: str,
+    method: str | None = None,
+    head: str | None = None,
+    seed: int | None = None,
 ):
     """``(Adapters, new_rows)`` for a model whose tokenizer was extended into ``tokenizer_dir``.
 
-    Checks that the tokenizer was extended from this model's vocabulary: the
-    original ids must be exactly the model's rows.
+    ``method``/``head``/``seed`` default to the ones recorded with the
+    tokenizer (``jaxtrans_vocab.json``: ``init``), so a resize is reproduced
+    from its record alone. Checks that the tokenizer was extended from this
+    model's vocabulary: the original ids must be exactly the model's rows.
     """
     from jaxtrans.model.llama import Adapters
     from jaxtrans.vocab.extend import load_report
 
     report = load_report(tokenizer_dir)
+    recorded = report.get("init", {})
+    method = method or recorded.get("method", "zip_tie")
+    head = head or recorded.get("head", "zip_tie")
+    seed = recorded.get("seed", 0) if seed is None else seed
     if report["base_vocab_size"] != cfg.vocab_size:
         raise JaxtransError(
             f"the tokenizer in {tokenizer_dir} extends a {report['base_vocab_size']}-token vocabulary but the model "
