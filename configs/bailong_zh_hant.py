@@ -41,7 +41,7 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
         cfg.stages = config_dict.ConfigDict(
             {
                 "vocab": vocab_stage(source("hf:wikimedia/wikipedia:20231101.zh", limit=500_000), new_tokens=27000,
-                                     special_tokens=()),
+                                     special_tokens=(), init="zip_tie"),
                 "pretrain": train_stage({"text": component("pretrain", text)}, steps=20000, learning_rate=2e-4,
                                         warmup_steps=200, seq_len=2048, batch_size=64, streaming=True),
                 "instruct": train_stage(
@@ -58,7 +58,7 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
         cfg.lora.rank, cfg.lora.alpha = 16, 16.0
         cfg.stages = config_dict.ConfigDict(
             {
-                "vocab": vocab_stage(paragraphs, new_tokens=512, special_tokens=(), min_frequency=2),
+                "vocab": vocab_stage(paragraphs, new_tokens=512, special_tokens=(), min_frequency=2, init="zip_tie"),
                 "pretrain": train_stage({"text": component("pretrain", source(xquad, skip=20,
                                          columns={"text": "paragraphs.0.context"}))},
                                         steps=20, learning_rate=1e-3, warmup_steps=2, seq_len=256, batch_size=8),

@@ -15,6 +15,20 @@ Variants (``--config configs/thai.py:VARIANT``):
 * ``llama2_7b``: the paper's setting on Llama-2-7b-chat (hub; licence accepted)
   in bf16. Point the data at your files (see README, "Data"):
   ``--config.stages.pretrain.data.thai.source.path=/data/th_text.jsonl`` etc.
+
+Switches beyond the paper (defaults keep TransLLM's recipe):
+
+* New-row initialisation: ``--config.stages.vocab.init=omp`` (or ``mean_cov``,
+  ``mean``, ``random``; default ``zip_tie``), recorded with the tokenizer.
+* A learning rate of their own for the new rows (and ``modules_to_save``
+  tensors): ``--config.stages.pretrain.new_rows_learning_rate=1e-3``
+  (``new_rows_weight_decay``, ``modules_learning_rate``,
+  ``modules_weight_decay``); 0 freezes them.
+* Recovery KD at the logit level, without generation or a second copy of the
+  weights: add a component ``component("recovery_logits", prompts)`` to the
+  transfer mixture (English prompts, optionally with ``answer``); pick the
+  divergence with ``distill_divergence`` (``kl``, ``reverse_kl``, ``jsd``) and
+  ``distill_temperature`` on the stage. It needs ``model.loss_chunk=0``.
 """
 
 from ml_collections import config_dict

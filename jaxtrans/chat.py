@@ -13,41 +13,10 @@ handling off for ordinary chat models. ``/reset`` clears the history.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 from jaxtrans.errors import JaxtransError
-
-
-def load_view(model: str, adapter: str | None = None, dtype: str = "float32"):
-    """(ModelView, tags) for a model path plus an optional PEFT adapter directory."""
-    import jaxtrans
-    from jaxtrans.data.formats import Tags
-    from jaxtrans.eval.measures import ModelView
-    from jaxtrans.export import ADAPTER_INFO, import_peft
-    from jaxtrans.model import llama
-
-    base, tokenizer = jaxtrans.load_pretrained(model, dtype=dtype)
-    adapters, trainable, tags = llama.Adapters(), {}, Tags()
-    if adapter:
-        adapters, trainable = import_peft(adapter, base.config)
-        if os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(adapter)
-        info_path = os.path.join(adapter, ADAPTER_INFO)
-        if os.path.isfile(info_path):
-            with open(info_path) as f:
-                info = json.load(f)
-            tags = Tags(**info.get("tags", {}))
-    want = base.config.vocab_size + adapters.new_tokens
-    if len(tokenizer) > want:
-        raise JaxtransError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model has {want} rows; "
-            "use the tokenizer saved with the adapter"
-        )
-    return ModelView(base.config, adapters, {"params": base.params, **trainable}, tokenizer), tags
+from jaxtrans.view import load_view
 
 
 def main(argv: list[str] | None = None) -> None:

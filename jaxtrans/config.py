@@ -54,7 +54,7 @@ def load_file(spec: str) -> config_dict.ConfigDict:
     return module.get_config(variant) if variant else module.get_config()
 
 
-def _config_arg(argv: Sequence[str]) -> str | None:
+def config_arg(argv: Sequence[str]) -> str | None:
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
             return argv[i + 1]
@@ -79,7 +79,7 @@ def _check_key(cfg: config_dict.ConfigDict, dotted: str) -> None:
 
 def precheck(argv: Sequence[str]) -> None:
     """Fail fast, with one line, on a missing/broken config file or an override of an unknown key."""
-    spec = _config_arg(argv)
+    spec = config_arg(argv)
     if spec is None:
         raise JaxtransError("no --config given; run e.g. python -m jaxtrans.main --config configs/thai.py")
     cfg = load_file(spec)
@@ -153,7 +153,16 @@ def train_stage(data: dict[str, config_dict.ConfigDict], **overrides: Any) -> co
         "schedule": "cosine",
         "warmup_steps": 0,
         "end_lr_ratio": 0.0,
-        "weight_decay": 0.0,
+        "weight_decay": 0.0,  # LoRA matrices
+        # new-token rows and modules_to_save tensors: their own peak learning rate (unset: learning_rate) and
+        # weight decay, on the same schedule shape; 0 freezes a group
+        "new_rows_learning_rate": config_dict.placeholder(float),
+        "new_rows_weight_decay": 0.0,
+        "modules_learning_rate": config_dict.placeholder(float),
+        "modules_weight_decay": 0.0,
+        # recovery_logits components: KL(p_base || p_adapted) ("kl"), "reverse_kl" or "jsd", at this temperature
+        "distill_divergence": "kl",
+        "distill_temperature": 1.0,
         "seq_len": 512,
         "batch_size": 8,
         "accum": 1,
@@ -176,8 +185,10 @@ def vocab_stage(corpus: config_dict.ConfigDict, **overrides: Any) -> config_dict
         "special_tokens": ("<EN>", "<TH>", "<RESPONSE>"),
         "pad_to_multiple": 128,
         "min_frequency": 2,
-        "init": "zip_tie",  # zip_tie | mean | random
+        "init": "zip_tie",  # zip_tie | mean | random | mean_cov | omp (jaxtrans.vocab.init)
         "head_init": "zip_tie",  # untied heads: zip_tie | first
+        "init_k": 64,  # omp: original rows per new token, at most
+        "init_cov_scale": 1.0,  # mean_cov: covariance scale (transformers' resize uses 1e-9)
     }
     block.update(overrides)
     return config_dict.ConfigDict(block)
@@ -188,7 +199,8 @@ def eval_stage(**data: Any) -> config_dict.ConfigDict:
 
     Data keys (each a ``source`` block, or left out): target_text, en_text,
     pairs (roles ``english``/``target``), en_prompts, advbench (role ``prompt``),
-    questions (a tuple of sources with ``turns``, answered in FastChat's format).
+    questions (a tuple of sources with ``turns``, answered in FastChat's format),
+    multiple_choice (a tuple of ``multiple_choice(...)`` blocks, scored by log-likelihood).
     ``limit`` caps the records of every source that sets no limit of its own.
     """
     block = {
@@ -199,12 +211,22 @@ def eval_stage(**data: Any) -> config_dict.ConfigDict:
         "en_prompts": None,
         "advbench": None,
         "questions": (),
+        "multiple_choice": (),
         "limit": 64,
         "max_new_tokens": 128,
         "model_id": "jaxtrans",
     }
     block.update(data)
     return config_dict.ConfigDict(block)
+
+
+def multiple_choice(path: str, name: str = "", template: str = "", **options: Any) -> config_dict.ConfigDict:
+    """A multiple-choice task for an eval stage: records with ``question``, ``choices`` (a list), ``answer``.
+
+    ``template`` formats the prompt from ``{question}`` (default ``"{question}\\nAnswer:"``); ``options``
+    are the ``source`` keys (``columns`` maps the roles to other column names).
+    """
+    return config_dict.ConfigDict({"name": name, "template": template, "source": source(path, **options)})
 
 
 def run_defaults() -> config_dict.ConfigDict:

@@ -51,10 +51,41 @@ def _main(argv: list[str]) -> None:
     run(_CONFIG.value)
 
 
+def usage(argv: list[str]) -> str:
+    """The --help text: the command, every flag with its help and default, and (with --config) the config's keys."""
+    lines = [__doc__.strip(), "", "flags:"]
+    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU):
+        f = flags.FLAGS[flag.name]
+        default = "" if f.default is None else f" (default: {f.default})"
+        lines.append(f"  --{f.name}: {f.help}{default}")
+    lines.append("  --config.KEY=VALUE: override one key of the config (e.g. --config.stages.pretrain.steps=100)")
+    lines.append("  --help: this text (with --config, also the config's keys and values)")
+    from jaxtrans.config import config_arg, load_file
+
+    spec = config_arg(argv[1:])
+    if spec is not None:
+        from ml_collections import config_dict
+
+        def walk(d: config_dict.ConfigDict, prefix: str = "") -> list[str]:
+            out = []
+            for k, v in d.items():
+                if isinstance(v, config_dict.ConfigDict):
+                    out += walk(v, f"{prefix}{k}.")
+                else:
+                    out.append(f"  {prefix}{k} = {str(v)[:100]}")
+            return out
+
+        lines += ["", f"keys of {spec} (override with --config.KEY=VALUE):", *walk(load_file(spec))]
+    return "\n".join(lines)
+
+
 def cli(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     argv = list(sys.argv if argv is None else argv)
     try:
+        if any(a in ("--help", "-h", "--helpfull", "-help") for a in argv[1:]):
+            print(usage([a for a in argv if a not in ("--help", "-h", "--helpfull", "-help")]))
+            return
         precheck(argv[1:])
         try:  # parse here, so a bad value is one line instead of absl's usage dump
             remaining = flags.FLAGS(argv)

@@ -58,6 +58,50 @@ def _components(name: str, stage: Any) -> list[Component]:
     return [Component.from_config(f"{name}.{k}", v) for k, v in stage.data.items()]
 
 
+def _distill(name: str, stage: Any, cfg: Any) -> Any:
+    """The stage's DistillConfig when its mixture has a recovery_logits component, else None."""
+    from jaxtrans.train.distill import DistillConfig
+
+    if not any(c.kind == "recovery_logits" for c in _components(name, stage)):
+        return None
+    if cfg.model.get("loss_chunk", 0):
+        raise JaxtransError(
+            f"stage {name!r} mixes in recovery_logits, which needs the full logits; set model.loss_chunk=0 "
+            "(or use recovery_kd, which trains on generated answers)"
+        )
+    return DistillConfig(stage.get("distill_divergence", "kl"), float(stage.get("distill_temperature", 1.0)))
+
+
+def _extend_config(cfg: Any, stage: Any) -> Any:
+    from jaxtrans.vocab.extend import ExtendConfig
+
+    return ExtendConfig(
+        language=cfg.language.code,
+        new_tokens=stage.new_tokens,
+        special_tokens=tuple(stage.special_tokens),
+        pad_to_multiple=stage.pad_to_multiple,
+        min_frequency=stage.min_frequency,
+        init=stage.init,
+        head_init=stage.head_init,
+        init_k=stage.get("init_k", 64),
+        init_cov_scale=stage.get("init_cov_scale", 1.0),
+    )
+
+
+def _optim_config(stage: Any) -> Any:
+    from jaxtrans.train.optim import OptimConfig
+
+    keys = ("weight_decay", "new_rows_learning_rate", "new_rows_weight_decay", "modules_learning_rate",
+            "modules_weight_decay", "end_lr_ratio")  # fmt: skip
+    return OptimConfig(
+        learning_rate=stage.learning_rate,
+        schedule=stage.schedule,
+        warmup_steps=stage.warmup_steps,
+        total_steps=stage.steps,
+        **{k: stage[k] for k in keys if k in stage},
+    )
+
+
 def check(cfg: Any) -> None:
     """Config checks that need no model or data: stage names and kinds, component blocks, numbers."""
     validate(cfg)
@@ -72,11 +116,14 @@ def check(cfg: Any) -> None:
             raise JaxtransError(f"stage {name!r}: kind {stage.kind!r} is not one of {', '.join(STAGE_KINDS)}")
         if stage.kind == "vocab" and seen_train:
             raise JaxtransError(f"vocab stage {name!r} must come before every train stage")
+        if stage.kind == "vocab":
+            _extend_config(cfg, stage)  # bad sizes, tags or init methods are refused before any model work
         if stage.kind == "eval":
             _eval_spec(cfg, stage)
         if stage.kind == "train":
             seen_train = True
             _components(name, stage)
+            _distill(name, stage, cfg)
             for key in ("steps", "batch_size", "seq_len"):
                 if stage[key] <= 0:
                     raise JaxtransError(f"stages.{name}.{key} must be positive, got {stage[key]}")
@@ -86,6 +133,7 @@ def check(cfg: Any) -> None:
                 raise JaxtransError(
                     f"stages.{name}.warmup_steps={stage.warmup_steps} must be between 0 and steps={stage.steps}"
                 )
+            _optim_config(stage)  # learning rates, decays and the schedule, before any model work
     LoraConfig.make(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.lora.rslora)
 
 
@@ -284,6 +332,7 @@ def run_vocab(run: Run, name: str, stage: Any) -> None:
     request = {"model": run.cfg.model.path, "language": run.cfg.language.code, "corpus": corpus}
     request.update({k: stage[k] for k in ("new_tokens", "special_tokens", "pad_to_multiple", "min_frequency")})
     request.update(init=stage.init, head_init=stage.head_init)
+    request.update({k: stage[k] for k in ("init_k", "init_cov_scale") if k in stage})
     request = json.loads(json.dumps(request))  # tuples -> lists, as read back
     if not os.path.isfile(os.path.join(out_dir, vx.REPORT)):
         src = Source.from_config(stage.corpus)
@@ -292,15 +341,7 @@ def run_vocab(run: Run, name: str, stage: Any) -> None:
         os.makedirs(os.path.dirname(corpus_file), exist_ok=True)
         with open(corpus_file, "w", encoding="utf-8") as f:
             f.writelines(t.replace("\n", " ") + "\n" for t in texts)
-        xcfg = vx.ExtendConfig(
-            language=run.cfg.language.code,
-            new_tokens=stage.new_tokens,
-            special_tokens=tuple(stage.special_tokens),
-            pad_to_multiple=stage.pad_to_multiple,
-            min_frequency=stage.min_frequency,
-            init=stage.init,
-            head_init=stage.head_init,
-        )
+        xcfg = _extend_config(run.cfg, stage)
         vx.extend(run.cfg.model.path, [corpus_file], xcfg, out_dir, overwrite=True)
         _write_json(request_path, request)
     elif _read_json(request_path) not in (None, request):
@@ -327,20 +368,13 @@ def run_vocab(run: Run, name: str, stage: Any) -> None:
 def run_train(run: Run, name: str, stage: Any) -> None:
     from jaxtrans.train.data import InMemoryBatches, LazyBatches, StreamingBatches
     from jaxtrans.train.loop import LoopConfig, train
-    from jaxtrans.train.optim import OptimConfig
     from jaxtrans.train.step import Trainer
 
     stage_dir = os.path.join(run.out, "stages", name)
     components = _components(name, stage)
-    optim = OptimConfig(
-        learning_rate=stage.learning_rate,
-        schedule=stage.schedule,
-        warmup_steps=stage.warmup_steps,
-        total_steps=stage.steps,
-        end_lr_ratio=stage.get("end_lr_ratio", 0.0),
-        weight_decay=stage.get("weight_decay", 0.0),
-    )
-    trainer = Trainer(run.model_cfg, run.adapters, optim, run.mesh, modules_to_save=tuple(run.cfg.lora.modules_to_save))
+    optim = _optim_config(stage)
+    trainer = Trainer(run.model_cfg, run.adapters, optim, run.mesh, modules_to_save=tuple(run.cfg.lora.modules_to_save),
+                      distill=_distill(name, stage, run.cfg))  # fmt: skip
     accum = stage.get("accum", 1)
     if run.trainable is None:  # the first train stage: fresh adapters, zip-tie rows
         init = trainer.init_state(run.base, run.cfg.seed).trainable

@@ -148,3 +148,42 @@ def test_bad_export_and_import_inputs(tiny, tmp_path):
     assert not os.path.exists(tmp_path / "m")  # nothing half-written
     with pytest.raises(JaxtransError, match="exceeds the 64-token cache"):
         generate(cfg, {"params": model.params}, [list(range(60))], SamplingConfig(max_new_tokens=8))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_peft_export_carries_modules_to_save(tmp_path, tied):
+    """Fully trained embedding / LM head (lora.modules_to_save, as TransLLM's scripts train) go out as PEFT's
+    modules_to_save, new-token rows included, and PEFT's logits equal jaxtrans'."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, path = tiny_hf_model(tmp_path, "llama", tie_word_embeddings=tied, seed=4)
+    model, _ = jaxtrans.load_pretrained(path, with_tokenizer=False)
+    cfg = model.config
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8), new_tokens=NEW + PAD, padding_rows=PAD)
+    trainable = _trained(cfg, adapters, seed=2)
+    rng = np.random.default_rng(5)
+    trained_base = {"embedding": np.asarray(model.params["embedding"]) + rng.normal(0, 0.05, (cfg.vocab_size, 64))}
+    if not tied:
+        kernel = np.asarray(model.params["lm_head"]["kernel"])
+        trained_base["lm_head"] = {"kernel": kernel + rng.normal(0, 0.05, kernel.shape)}
+    trainable["base"] = jax.tree.map(lambda x: np.asarray(x, np.float32), trained_base)
+    out = export_peft(str(tmp_path / "peft"), cfg, trainable, adapters, base_model_name=path)
+    import json
+
+    config = json.load(open(os.path.join(out, "adapter_config.json")))
+    assert config["modules_to_save"] == ["embed_tokens", "lm_head"]
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    base.resize_token_embeddings(cfg.vocab_size + NEW)
+    peft_model = PeftModel.from_pretrained(base, out).eval()
+    tokens = np.array([[1, 5, cfg.vocab_size + 2, 96, 40, 2, cfg.vocab_size, 3]])
+    rest = {k: v for k, v in trainable.items() if k != "base"}
+    ours, _ = llama.Llama(cfg, adapters).apply({"params": {**model.params, **trainable["base"]}, **rest}, tokens)
+    ours = np.asarray(ours, np.float64)[..., : cfg.vocab_size + NEW]
+    with torch.no_grad():
+        ref = peft_model(torch.tensor(tokens)).logits.numpy().astype(np.float64)
+    assert np.abs(ours - ref).max() <= 1e-4
+    plain = _ours(cfg, adapters, model.params, rest, tokens)[..., : cfg.vocab_size + NEW]
+    assert np.abs(plain - ref).max() > 1e-3  # the trained modules matter: leaving them out is visible
+    with pytest.raises(JaxtransError, match="trains whole modules"):
+        import_peft(out, cfg)

@@ -169,3 +169,30 @@ def test_modules_to_save_trains_the_full_embedding_and_leaves_the_base_alone():
         Trainer(cfg, llama.Adapters(), OptimConfig(), _single_mesh(), modules_to_save=("embed_tokens",)).init_state(
             base
         )
+
+
+@pytest.mark.parametrize("frozen", ["new_rows", "lora"])
+def test_each_group_has_its_own_learning_rate(frozen):
+    """lr 0 for one group keeps it bit-identical while the other trains (the new-row lr acts; it is not ignored)."""
+    cfg = tiny_config()
+    base = llama.init_params(cfg, seed=1)
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8, targets="all-linear"), new_tokens=4)
+    lrs = {"new_rows": (1e-2, 0.0), "lora": (0.0, 1e-2)}[frozen]
+    optim = OptimConfig(lrs[0], schedule="constant", total_steps=3, weight_decay=0.1, new_rows_learning_rate=lrs[1])
+    trainer = Trainer(cfg, adapters, optim, _single_mesh())
+    state = trainer.init_state(base)
+    before = jax.device_get(state.trainable)
+    step = trainer.compiled_step(base)
+    for i in range(3):
+        state, _ = step(state, base, _batch(seed=i, vocab=cfg.vocab_size + 4))
+    after = jax.device_get(state.trainable)
+    kept, moved = ("new_rows", "lora") if frozen == "new_rows" else ("lora", "new_rows")
+    for a, b in zip(jax.tree.leaves(before[kept]), jax.tree.leaves(after[kept]), strict=True):
+        assert np.array_equal(a, b)
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(before[moved]), jax.tree.leaves(after[moved]), strict=True)]  # fmt: skip
+    assert any(changed)
+    with pytest.raises(Exception, match="new_rows_learning_rate=-1.0 must be a finite number >= 0"):
+        OptimConfig(new_rows_learning_rate=-1.0)
+    with pytest.raises(Exception, match="learning_rate=nan"):
+        OptimConfig(learning_rate=float("nan"))

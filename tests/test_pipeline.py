@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.choice_data import FILENAME, write_choice_file
 from tests.conftest import REPO, tiny_hf_model
 
 CONFIG = os.path.join(REPO, "tests", "tiny_pipeline.py")
@@ -31,6 +32,7 @@ def tiny_model(tmp_path_factory, shared_data):
         tie_word_embeddings=True,
     )
     tok.save_pretrained(path)
+    write_choice_file(shared_data, os.path.join(path, FILENAME))  # the final eval stage's multiple-choice task
     return path
 
 
@@ -81,6 +83,9 @@ def test_every_stage_kind_runs_and_hands_off(full_run):
     assert len(open(final["answer_files"][0]).readlines()) == 3
     assert os.path.getsize(os.path.join(out, "eval", "final", "metrics.png")) > 1000
     assert "## Evaluation stage `final`" in open(os.path.join(out, "report.md")).read()
+    # multiple choice from a local file, scored by log-likelihood, before and after
+    assert final["mc_talpco_choice"]["n"] == 3 and final["baseline"]["mc_talpco_choice"]["n"] == 3  # limit=3
+    assert "talpco_choice: accuracy" in open(os.path.join(out, "eval", "final", "eval.md")).read()
 
 
 def test_rerun_restores_finished_stages(full_run, tiny_model):

@@ -282,7 +282,7 @@ def test_the_record_reproduces_the_resize(shared_data, corpus, tmp_path):
     base = layouts.build("llama3", shared_data, str(tmp_path))
     out = str(tmp_path / "ext")
     report = extend(base, [corpus["train"]], ExtendConfig("th", 200, init="mean", head_init="first"), out)
-    assert report["init"] == {"method": "mean", "head": "first", "seed": 0}
+    assert report["init"] == {"method": "mean", "head": "first", "seed": 0, "options": {}}
     assert report["base_vocab_digest"] == load_report(out)["base_vocab_digest"]
     n = report["base_vocab_size"]
     rng = np.random.default_rng(0)
@@ -318,8 +318,8 @@ def test_bad_input(tmp_path, shared_data):
         ExtendConfig("th", 3)
     with pytest.raises(JaxtransError, match="pad_to_multiple=-7 is negative"):
         ExtendConfig("th", 500, pad_to_multiple=-7)
-    with pytest.raises(JaxtransError, match="init 'omp' is not one of zip_tie, mean, random"):
-        ExtendConfig("th", 500, init="omp")
+    with pytest.raises(JaxtransError, match="init 'fvt' is not one of zip_tie, mean, random, mean_cov, omp"):
+        ExtendConfig("th", 500, init="fvt")
     with pytest.raises(JaxtransError, match="no script known for language 'xx'"):
         ExtendConfig("xx", 500)
     # a SentencePiece unigram model is not supported
@@ -367,3 +367,63 @@ def test_cli_says_what_it_could_not_do(shared_data, tmp_path):
                          timeout=300)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("jaxtrans: error: pad_to_multiple")
     assert not (tmp_path / "p").exists()
+
+
+def test_omp_recovers_a_known_sparse_combination():
+    from jaxtrans.vocab.omp import omp, omp_rows
+
+    rng = np.random.default_rng(0)
+    atoms = rng.normal(size=(500, 32))
+    target = 0.7 * atoms[3] - 0.2 * atoms[10] + 1.5 * atoms[42]
+    idx, coef = omp(atoms, target, k=8)
+    assert sorted(idx.tolist()) == [3, 10, 42]
+    np.testing.assert_allclose(dict(zip(idx.tolist(), coef, strict=True))[10], -0.2, atol=1e-9)
+    idx, coef = omp(atoms, target, k=1)  # k bounds the combination
+    assert len(idx) == 1 and idx[0] in (3, 10, 42)
+    # the batched version with a candidate pool finds the same
+    (idx2,), (coef2,) = omp_rows(atoms, target[None], k=8)
+    assert sorted(idx2.tolist()) == [3, 10, 42]
+
+
+def test_mean_cov_and_omp_rows_and_the_record_recreates_them():
+    rng = np.random.default_rng(1)
+    mix = rng.normal(size=(16, 16))
+    emb = (rng.normal(size=(4000, 16)) @ mix + 3.0).astype(np.float32)  # correlated dimensions, non-zero mean
+    splits = [[i, i + 1] for i in range(0, 3000, 3)]  # 1,000 new tokens
+    rows = new_rows(emb, None, splits, method="mean_cov", seed=0)["embedding"]
+    np.testing.assert_allclose(rows.mean(0), emb.mean(0), atol=0.35)
+    cov, ref = np.cov(rows.T), np.cov(emb.T)
+    assert np.abs(cov - ref).max() <= 0.1 * np.abs(ref).max()
+    small = new_rows(emb, None, splits, method="mean_cov", seed=0, cov_scale=1e-4)["embedding"]
+    spread = (small - emb.mean(0)).std() / (emb - emb.mean(0)).std()
+    assert 0.005 < spread < 0.02  # sqrt(1e-4) = 1% of the originals' spread: almost the mean (transformers-style)
+    # omp: the embedding row reproduces the zip-tie vector; the untied head takes the same coefficients
+    # (in 128 dimensions, as real tables have hundreds: in 16, random rows out-correlate the pieces)
+    wide, wide_head = rng.normal(size=(2000, 128)).astype(np.float32), rng.normal(size=(128, 2000)).astype(np.float32)
+    out = new_rows(wide, wide_head, splits[:20], method="omp", k=8)
+    zip_tie = new_rows(wide, wide_head, splits[:20])
+    np.testing.assert_allclose(out["embedding"], zip_tie["embedding"], atol=1e-4)
+    np.testing.assert_allclose(out["head"], zip_tie["head"], atol=1e-4)  # the pieces, with weights 1/2 each
+    # the same method, options and seed give identical rows (what the record is for)
+    again = new_rows(emb, None, splits, method="mean_cov", seed=0)["embedding"]
+    np.testing.assert_array_equal(rows, again)
+    assert not np.array_equal(rows, new_rows(emb, None, splits, method="mean_cov", seed=1)["embedding"])
+
+
+def test_prepare_uses_the_recorded_method_and_options(shared_data, corpus, tmp_path):
+    base = layouts.build("llama3", shared_data, str(tmp_path))
+    out = str(tmp_path / "ext")
+    report = extend(base, [corpus["train"]], ExtendConfig("th", 150, init="mean_cov", init_cov_scale=0.5, init_seed=7),
+                    out)  # fmt: skip
+    assert report["init"] == {"method": "mean_cov", "head": "zip_tie", "seed": 7, "options": {"cov_scale": 0.5}}
+    n = report["base_vocab_size"]
+    rng = np.random.default_rng(0)
+    params = {"embedding": rng.normal(size=(n, 8)).astype(np.float32)}
+
+    class Cfg:
+        vocab_size, tie_embeddings = n, True
+
+    _, rows = prepare(Cfg, params, out)
+    splits = [e["base_ids"] for e in sorted(report["entries"], key=lambda e: e["id"])]
+    expect = new_rows(params["embedding"], None, splits, method="mean_cov", seed=7, cov_scale=0.5)["embedding"]
+    np.testing.assert_array_equal(rows["embedding"], expect)

@@ -117,7 +117,7 @@ def test_peft_export_loads_with_its_tokenizer(trained):
     out = export_peft(str(t["tmp"] / "peft"), t["model"].config, t["trainable"], t["adapters"],
                       base_model_name=t["model_dir"], tokenizer=t["tok"], vocab_record=record)  # fmt: skip
     info = json.load(open(os.path.join(out, ADAPTER_INFO)))
-    assert info["vocab"]["init"] == {"method": "zip_tie", "head": "zip_tie", "seed": 0}
+    assert info["vocab"]["init"] == {"method": "zip_tie", "head": "zip_tie", "seed": 0, "options": {}}
     assert info["vocab"]["base_vocab_digest"] == record["base_vocab_digest"]
     assert len(load_report(out)["entries"]) == record["new_tokens"]
     hf_tok = AutoTokenizer.from_pretrained(out)

@@ -7,7 +7,7 @@ import os
 
 from ml_collections import config_dict
 
-from jaxtrans.config import component, eval_stage, run_defaults, source, train_stage, vocab_stage
+from jaxtrans.config import component, eval_stage, multiple_choice, run_defaults, source, train_stage, vocab_stage
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data")
 
@@ -27,6 +27,9 @@ def get_config(model_dir: str) -> config_dict.ConfigDict:
     cfg.curriculum = ("vocab", "pretrain", "translate", "transfer", "final")
     small = dict(steps=3, warmup_steps=1, learning_rate=5e-3, seq_len=96, batch_size=4, save_every=1)
     pairs = source(_d("en-th-talpco", "talpco_en_th.jsonl"), columns={"src": "en", "tgt": "th"})
+    # test_pipeline writes a multiple-choice file (real TALPCo pairs) beside the model
+    mc_file = os.path.join(model_dir, "choice_th.jsonl")
+    choice = (multiple_choice(mc_file, name="talpco_choice", template="{question}"),) if os.path.isfile(mc_file) else ()
     aligned = source(_d("en-th-tatoeba", "tatoeba.tha-eng.eng"), aligned=_d("en-th-tatoeba", "tatoeba.tha-eng.tha"))
     vicuna_th = source(_d("eval-vicuna-th", "vicuna_th.jsonl"), columns={"query": "th", "en_query": "en"}, limit=6)
     mt_bench = source(_d("eval-mt-bench", "question.jsonl"), columns={"prompt": "turns.0"}, limit=6)
@@ -61,6 +64,7 @@ def get_config(model_dir: str) -> config_dict.ConfigDict:
                 en_prompts=source(_d("eval-vicuna", "question.jsonl"), columns={"prompt": "turns.0"}),
                 advbench=source(_d("eval-advbench", "harmful_behaviors.csv"), columns={"prompt": "goal"}),
                 questions=(source(_d("eval-vicuna-th", "vicuna_th.jsonl"), columns={"turns": "th"}),),
+                multiple_choice=choice,
                 limit=3,
                 max_new_tokens=6,
             ),

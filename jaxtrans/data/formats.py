@@ -26,6 +26,10 @@ import numpy as np
 from jaxtrans.errors import JaxtransError
 from jaxtrans.infer.chat import render
 
+# Loss-mask values of a training row: 0 not trained, 1 next-token cross-entropy, 2 distilled from the frozen
+# model (recovery_logits; see jaxtrans.train.distill).
+TRAINED, DISTILLED = 1, 2
+
 
 @dataclasses.dataclass(frozen=True)
 class Tags:

@@ -83,5 +83,5 @@ def pack(
             out["positions"][r, sl] = np.arange(n)
             start += n
     stats.rows = len(rows)
-    stats.trained_tokens = int(out["loss_mask"].sum())
+    stats.trained_tokens = int((out["loss_mask"] > 0).sum())  # 1: cross-entropy, 2: distilled (recovery_logits)
     return out, stats

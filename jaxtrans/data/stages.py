@@ -43,12 +43,13 @@ from jaxtrans.data.pack import PackStats, pack
 from jaxtrans.data.sources import ReadStats, Source, read
 from jaxtrans.errors import JaxtransError
 
-KINDS = ("pretrain", "translate", "tcot", "recovery_kd", "taco", "sft")
+KINDS = ("pretrain", "translate", "tcot", "recovery_kd", "recovery_logits", "taco", "sft")
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pretrain": (("text",), ()),
     "translate": (("src", "tgt"), ()),
     "tcot": (("en_query",), ("query", "en_answer", "answer")),
     "recovery_kd": (("prompt",), ("answer",)),
+    "recovery_logits": (("prompt",), ("answer",)),
     "taco": (("instruction",), ("input", "response", "target_instruction", "target_response")),
     "sft": ((), ("conversations", "messages", "instruction", "input", "output", "system")),
 }
@@ -168,6 +169,10 @@ def conversations(comp: Component, r: dict, lang: Language) -> list[list[dict[st
     tags = lang.tags
     if comp.kind == "pretrain":
         return [r["text"]]
+    if comp.kind == "recovery_logits":  # distilled, not trained on: the English prompt, or the answer after it
+        if "answer" not in r:
+            return [r["prompt"]]
+        return [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}]]
     if comp.kind == "translate":
         pairs = [(r["src"], r["tgt"], "English", lang.name, tags.english, tags.target)]
         if comp.directions == "both":
@@ -204,6 +209,8 @@ def encode(
     for r in records:
         for item in conversations(comp, r, lang):
             ex = formats.encode_text(tokenizer, item) if isinstance(item, str) else formats.encode_chat(tokenizer, item)
+            if comp.kind == "recovery_logits":  # loss-mask 2: distil these positions (jaxtrans.train.distill)
+                ex = (ex[0], ex[1] * formats.DISTILLED)
             examples.append(ex)
             names.append(r["_where"])
     return examples, names

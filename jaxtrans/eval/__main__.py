@@ -65,7 +65,7 @@ def spec_from_args(args: argparse.Namespace) -> EvalSpec:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from jaxtrans.chat import load_view
+    from jaxtrans.view import load_view
 
     spec = spec_from_args(args)
     spec.check()  # bad data fails before any model is loaded

@@ -7,7 +7,6 @@ per-character figure compares the model before and after it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -24,16 +23,7 @@ from jaxtrans.infer.generate import SamplingConfig, generate
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.model.loss import cross_entropy
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelView:
-    """Everything needed to run one version of the model: base + adapters + the tokenizer that goes with them."""
-
-    cfg: ModelConfig
-    adapters: llama.Adapters
-    variables: Any  # {"params": base, "lora": ..., "new_rows": ...}
-    tokenizer: Any
+from jaxtrans.view import ModelView  # noqa: F401  (used by callers as measures.ModelView)
 
 
 @functools.cache

@@ -19,6 +19,8 @@ from typing import Any
 
 from jaxtrans.data.sources import Source, read
 from jaxtrans.errors import JaxtransError
+from jaxtrans.eval.choice import ROLES as CHOICE_ROLES
+from jaxtrans.eval.choice import ChoiceTask
 
 # The refusal prefixes AdvBench's authors (Zou et al., 2023, "Universal and Transferable Adversarial Attacks")
 # test generations against: a response containing none of them counts as complied.
@@ -68,7 +70,9 @@ class EvalSpec:
 
     Roles the sources must provide: ``target_text``/``en_text`` a ``text``;
     ``pairs`` an ``english`` and a ``target``; ``en_prompts``/``advbench`` a
-    ``prompt``; ``questions`` ``turns`` (a string or a list; ``question_id`` kept).
+    ``prompt``; ``questions`` ``turns`` (a string or a list; ``question_id`` kept);
+    ``multiple_choice`` tasks ``question``, ``choices`` (a list) and ``answer``
+    (index or text), scored by log-likelihood (``jaxtrans.eval.choice``).
     """
 
     target_text: Source | None = None
@@ -77,6 +81,7 @@ class EvalSpec:
     en_prompts: Source | None = None
     advbench: Source | None = None
     questions: tuple[Source, ...] = ()
+    multiple_choice: tuple[ChoiceTask, ...] = ()
     language: str = "th"  # target language code (sacrebleu's BLEU tokenizer)
     language_name: str = "Thai"
     limit: int = 64  # records per data set, unless its source sets its own limit
@@ -93,6 +98,10 @@ class EvalSpec:
         for key in ("target_text", "en_text", "pairs", "en_prompts", "advbench"):
             d[key] = Source.from_config(d[key]) if d.get(key) else None
         d["questions"] = tuple(Source.from_config(q) for q in (d.get("questions") or ()))
+        d["multiple_choice"] = tuple(ChoiceTask.from_config(t) for t in (d.get("multiple_choice") or ()))
+        names = [t.name for t in d["multiple_choice"]]
+        if len(set(names)) != len(names):
+            raise JaxtransError(f"multiple_choice task names {names} repeat; give each a distinct name")
         d.setdefault("language", language)
         d.setdefault("language_name", language_name)
         if d.get("limit", 1) <= 0 or d.get("max_new_tokens", 1) <= 0:
@@ -104,6 +113,7 @@ class EvalSpec:
         roles = {"target_text": ("text",), "en_text": ("text",), "pairs": ("english", "target"),
                  "en_prompts": ("prompt",), "advbench": ("prompt",)}  # fmt: skip
         out = [(k, getattr(self, k), r) for k, r in roles.items() if getattr(self, k) is not None]
+        out += [(f"mc:{t.name}", t.source, CHOICE_ROLES) for t in self.multiple_choice]
         return out + [(f"questions[{i}]", q, ("turns",)) for i, q in enumerate(self.questions)]
 
     def check(self) -> None:
@@ -123,7 +133,7 @@ class EvalSpec:
 def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") -> dict[str, Any]:
     """Every metric ``spec`` asks for, on one model; files it writes start with ``prefix``."""
     from jaxtrans.data.formats import translate_prompt
-    from jaxtrans.eval import measures
+    from jaxtrans.eval import choice, measures
     from jaxtrans.infer.tcot import parse
     from jaxtrans.vocab.fertility import fertility
 
@@ -154,6 +164,9 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
         outs = measures.answers(view, [r["prompt"] for r in spec.records("advbench")], n)
         result["advbench_refusal_rate"] = sum(refused(o) for o in outs) / len(outs)
         result["advbench_n"] = len(outs)
+    for task in spec.multiple_choice:
+        scored = choice.score(view, spec.records(f"mc:{task.name}"), task.template, f"multiple_choice {task.name}")
+        result[f"mc_{task.name}"] = scored
     for i, src in enumerate(spec.questions):
         name = os.path.splitext(os.path.basename(src.path.rstrip("/")))[0].replace("embedded:", "")
         path = os.path.join(out, f"{prefix}model_answer.{name}.jsonl")
@@ -207,6 +220,15 @@ def evaluate(
     return result
 
 
+def metrics(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, label, which way is better) of every metric ``result`` may hold: the fixed ones, then one pair
+    (accuracy, length-normalised accuracy) per multiple-choice task."""
+    tasks = sorted(k[3:] for k, v in result.items() if k.startswith("mc_") and isinstance(v, dict))
+    rows = [(f"mc_{t}.{m}", f"{t}: {label}", "higher") for t in tasks
+            for m, label in (("acc", "accuracy"), ("acc_norm", "accuracy (length-normalised)"))]  # fmt: skip
+    return list(SCALARS) + rows
+
+
 def scalar(result: dict[str, Any], key: str) -> float | None:
     """A metric by its dotted key (``translation_en-xx.chrf++``), or None."""
     x: Any = result
@@ -225,7 +247,7 @@ def write_plot(result: dict[str, Any], path: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     before = result.get("baseline", {})
-    shown = [(k, label) for k, label, _ in SCALARS if scalar(result, k) is not None]
+    shown = [(k, label) for k, label, _ in metrics(result) if scalar(result, k) is not None]
     if not shown:
         return []
     cols = min(4, len(shown))
@@ -257,9 +279,11 @@ def write_markdown(result: dict[str, Any], path: str, plots: Sequence[str] = ())
     lines = [f"# Evaluation{': ' + result['title'] if result.get('title') else ''}", ""]
     lines += [f"![{p[:-4]}]({p})" for p in plots] + [""]
     lines += ["| metric | original | transferred | better |", "|---|---|---|---|"]
-    for key, label, better in SCALARS:
+    for key, label, better in metrics(result):
         if scalar(result, key) is not None:
             lines.append(f"| {label} | {_fmt(scalar(before, key))} | {_fmt(scalar(result, key))} | {better} |")
+    for key in sorted(k for k in result if k.startswith("mc_")):
+        lines.append(f"\nMultiple choice `{key[3:]}`: {result[key]['n']} questions, scored by log-likelihood.")
     if "advbench_n" in result:
         lines.append(f"\nAdvBench: {result['advbench_n']} goals; refusal = any of the AdvBench paper's prefixes.")
     for d in ("en-xx", "xx-en"):

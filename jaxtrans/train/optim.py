@@ -1,10 +1,16 @@
 """The optimizer: one optax chain over every collection, with the frozen base masked out.
 
-The tree the optimizer sees is ``{"params": base, "lora": ..., "new_rows": ...}``.
-``optax.partition`` gives the ``params`` collection ``set_to_zero`` (no state,
-no update) and everything else clipping + AdamW, with weight decay on the LoRA
-matrices only. Gradients are only ever computed for the trainable collections;
-the frozen branch is handed scalar placeholders, which ``set_to_zero`` ignores.
+The tree the optimizer sees is ``{"params": base, "lora": ..., "new_rows": ...,
+"base": ...}`` (``base``: ``modules_to_save`` tensors trained in full). The
+frozen ``params`` get ``set_to_zero`` (no state, no update); the trainable
+collections are clipped by their global norm together, then ``optax.partition``
+gives each group its own AdamW: ``lora`` at ``learning_rate`` with
+``weight_decay``; ``new_rows`` and ``base`` at their own learning rate
+(default: ``learning_rate``) and weight decay (default 0), all on the same
+schedule shape (warmup, decay) scaled to their peak. Gradients are only ever
+computed for the trainable collections; the frozen branch is handed scalar
+placeholders, which ``set_to_zero`` ignores. A learning rate of 0 freezes a
+group exactly (its parameters stay bit-identical).
 """
 
 from __future__ import annotations
@@ -33,8 +39,20 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     clip_norm: float = 1.0  # global-norm clipping; 0 = off
+    # new-token rows and modules_to_save tensors: their own peak learning rate (None: learning_rate) and decay
+    new_rows_learning_rate: float | None = None
+    new_rows_weight_decay: float = 0.0
+    modules_learning_rate: float | None = None
+    modules_weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        import math
+
+        for name in ("learning_rate", "new_rows_learning_rate", "modules_learning_rate", "weight_decay",
+                     "new_rows_weight_decay", "modules_weight_decay"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise JaxtransError(f"optim.{name}={value} must be a finite number >= 0")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise JaxtransError(f"optim.schedule={self.schedule!r} is not one of cosine, linear, constant")
         if self.total_steps <= 0 or self.warmup_steps < 0 or self.warmup_steps > self.total_steps:
@@ -58,21 +76,42 @@ def schedule(cfg: OptimConfig) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, cfg.warmup_steps), decay], [cfg.warmup_steps])
 
 
+GROUPS = ("lora", "new_rows", "base")
+
+
 def labels(tree: dict[str, Any]) -> dict[str, Any]:
-    """'frozen' for every leaf of the base, 'train' for the rest."""
-    return {k: jax.tree.map(lambda _, k=k: "frozen" if k == FROZEN else "train", v) for k, v in tree.items()}
+    """Each leaf's group: 'frozen' for the base, else its collection's name (lora, new_rows, base)."""
+    return {k: jax.tree.map(lambda _, k=k: "frozen" if k == FROZEN else k, v) for k, v in tree.items()}
 
 
-def _decay_mask(tree: dict[str, Any]) -> dict[str, Any]:
-    return {k: jax.tree.map(lambda _, k=k: k == "lora", v) for k, v in tree.items()}
+def group_settings(cfg: OptimConfig) -> dict[str, tuple[float, float]]:
+    """(peak learning rate, weight decay) per trainable group."""
+
+    def lr(x: float | None) -> float:
+        return cfg.learning_rate if x is None else x
+
+    return {
+        "lora": (cfg.learning_rate, cfg.weight_decay),
+        "new_rows": (lr(cfg.new_rows_learning_rate), cfg.new_rows_weight_decay),
+        "base": (lr(cfg.modules_learning_rate), cfg.modules_weight_decay),
+    }
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    import dataclasses
+
+    groups = {
+        name: optax.adamw(
+            schedule(dataclasses.replace(cfg, learning_rate=peak)), cfg.b1, cfg.b2, cfg.eps, weight_decay=decay
+        )
+        for name, (peak, decay) in group_settings(cfg).items()
+    }
     train = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm > 0 else optax.identity(),
-        optax.adamw(schedule(cfg), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask),
+        optax.partition(groups, labels),  # sees only the trainable leaves: the frozen ones are masked out
     )
-    return optax.partition({"train": train, "frozen": optax.set_to_zero()}, labels)
+    frozen_or_train = lambda tree: jax.tree.map(lambda g: "frozen" if g == "frozen" else "train", labels(tree))  # noqa: E731
+    return optax.partition({"train": train, "frozen": optax.set_to_zero()}, frozen_or_train)
 
 
 def full_tree(base: Any, trainable: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.model.loss import cross_entropy, token_nll  # noqa: F401  (re-exported)
+from jaxtrans.train.distill import KD_MASK, DistillConfig, divergence
 from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -54,6 +55,15 @@ class Trainer:
     # PEFT's modules_to_save: top-level base parameters trained in full (e.g. "embedding", "lm_head").
     # The trainable copy lives in the state under "base" and overrides the frozen one in the forward pass.
     modules_to_save: tuple[str, ...] = ()
+    # recovery KD at the logit level (rows whose loss mask is 2): see jaxtrans.train.distill
+    distill: DistillConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.distill is not None and self.cfg.loss_chunk:
+            raise JaxtransError(
+                "recovery_logits needs the full logits of a micro-batch; set model.loss_chunk=0 for stages with it "
+                "(or use recovery_kd, which trains on generated answers)"
+            )
 
     @property
     def model(self) -> llama.Llama:
@@ -139,7 +149,29 @@ class Trainer:
             )
             return loss_sum, count
         logits, _ = self.model.apply(variables, *args, rngs={"dropout": rng})
-        return cross_entropy(logits, micro["targets"], micro["loss_mask"])
+        if self.distill is None:
+            return cross_entropy(logits, micro["targets"], micro["loss_mask"])
+        ce_sum, ce_n = cross_entropy(logits, micro["targets"], micro["loss_mask"] == 1)
+        kd_sum, kd_n = self._distill_loss(base, micro, logits)
+        return ce_sum + kd_sum, ce_n + kd_n
+
+    def _distill_loss(self, base: Any, micro: dict[str, jax.Array], logits_btv: jax.Array) -> tuple:
+        """The divergence from the frozen model: the same base params, adapters and new rows off, no gradient."""
+        vocab = self.cfg.vocab_size
+        tokens = micro["tokens"]
+        kd_bt = (micro["loss_mask"] == KD_MASK) & (tokens < vocab)  # not where the input is a new id (unknown to it)
+        teacher_adapters = dataclasses.replace(self.adapters, lora=None, new_tokens=0, padding_rows=0)
+
+        def teacher() -> jax.Array:
+            safe = jnp.where(tokens < vocab, tokens, 0)
+            out, _ = llama.Llama(self.cfg, teacher_adapters).apply(
+                {"params": base}, safe, micro["segment_ids"], micro["positions"]
+            )
+            return jax.lax.stop_gradient(out)
+
+        shape = jax.eval_shape(teacher)
+        teacher_btw = jax.lax.cond(jnp.any(kd_bt), teacher, lambda: jnp.zeros(shape.shape, shape.dtype))
+        return divergence(logits_btv, teacher_btw, kd_bt, self.distill)
 
     def step_fn(self, state: TrainState, base: Any, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
         """One optimizer step over ``batch`` [accum, B, T] (unjitted; see :meth:`compiled_step`)."""

@@ -35,8 +35,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="byte-level BPE: keep the base pre-tokenizer as it is (it splits combining marks off letters)",
     )
-    ex.add_argument("--init", default="zip_tie", help="new-row init recorded with the tokenizer: zip_tie, mean, random")
+    ex.add_argument(
+        "--init",
+        default="zip_tie",
+        help="new-row init recorded with the tokenizer: zip_tie, mean, random, mean_cov, omp",
+    )
     ex.add_argument("--head-init", default="zip_tie", help="untied LM head rows: zip_tie or first")
+    ex.add_argument("--init-k", type=int, default=64, help="omp: original rows per new token, at most")
+    ex.add_argument("--init-cov-scale", type=float, default=1.0, help="mean_cov: scale of the covariance")
+    ex.add_argument("--init-seed", type=int, default=0)
     ex.add_argument("--out", required=True)
     ex.add_argument("--overwrite", action="store_true")
     fe = sub.add_parser("fertility", help="tokens per character/word of texts under tokenizers")
@@ -63,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
                 pretokenize=not args.no_target_pretokenize,
                 init=args.init,
                 head_init=args.head_init,
+                init_seed=args.init_seed,
+                init_k=args.init_k,
+                init_cov_scale=args.init_cov_scale,
             )
             report = extend(args.base, args.corpus, cfg, args.out, overwrite=args.overwrite)
             summary = {k: v for k, v in report.items() if k != "entries"}

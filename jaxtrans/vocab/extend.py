@@ -57,6 +57,8 @@ class ExtendConfig:
     init: str = "zip_tie"
     head_init: str = "zip_tie"
     init_seed: int = 0
+    init_k: int = 64  # omp: at most this many original rows per new token
+    init_cov_scale: float = 1.0  # mean_cov: the covariance is scaled by this (transformers uses 1e-9)
 
     def __post_init__(self) -> None:
         if self.new_tokens <= len(self.special_tokens):
@@ -74,7 +76,14 @@ class ExtendConfig:
             raise JaxtransError(f"init {self.init!r} is not one of {', '.join(METHODS)}")
         if self.head_init not in HEAD_METHODS:
             raise JaxtransError(f"head_init {self.head_init!r} is not one of {', '.join(HEAD_METHODS)}")
+        if self.init_k < 1 or not self.init_cov_scale >= 0:
+            raise JaxtransError(f"init_k={self.init_k} must be >= 1 and init_cov_scale={self.init_cov_scale} >= 0")
         script_ranges(self.language)  # an unknown language is refused here, before anything is read
+
+    def init_record(self) -> dict:
+        """The row initialisation as recorded in jaxtrans_vocab.json (what ``vocab.init.prepare`` reads back)."""
+        options = {"omp": {"k": self.init_k}, "mean_cov": {"cov_scale": self.init_cov_scale}}.get(self.init, {})
+        return {"method": self.init, "head": self.head_init, "seed": self.init_seed, "options": options}
 
 
 # ---------------------------------------------------------------- base tokenizer
@@ -221,7 +230,7 @@ def extend(base: str, corpus: Sequence[str], cfg: ExtendConfig, out_dir: str, ov
             "padding_rows": padding,
             "model_vocab_size": total + padding,
             "special_tokens": dict(zip(cfg.special_tokens, ids[len(added) :], strict=True)),
-            "init": {"method": cfg.init, "head": cfg.head_init, "seed": cfg.init_seed},
+            "init": cfg.init_record(),
             "corpus": list(corpus),
             "entries": entries,
         }

@@ -14,21 +14,83 @@ an untied LM head, H_new[t] is built the same way from the head's columns
 as EEVE does: the first piece is the one the model would have predicted first).
 
 ``mean``: every new row is the mean of all original rows. ``random``: normal
-with the original rows' standard deviation. Padding rows (to a multiple of 128)
-are zeros; the model never predicts them.
+with the original rows' standard deviation. ``mean_cov``: sampled from
+N(mu, scale * Sigma), the mean and covariance of the original rows (Hewitt's
+"vocab expansion" note; transformers' ``resize_token_embeddings`` samples with
+scale 1e-9), seeded. ``omp``: orthogonal matching pursuit (mergekit's
+tokensurgeon): the zip-tie vector of the token's pieces as a sparse combination
+of at most k original embedding rows; the same coefficients on the LM head's
+rows give the head row of an untied model. Without a donor model the embedding
+row then reproduces the zip-tie vector (the target lies in the span of the
+pieces); the head row differs from zip-tie's when the head is untied.
+Padding rows (to a multiple of 128) are zeros; the model never predicts them.
+
+A method is one function here plus one entry in ``METHODS``; the method and
+its options are recorded with the tokenizer (``jaxtrans_vocab.json``: ``init``)
+so the same rows can be made again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from jaxtrans.errors import JaxtransError
 
-METHODS = ("zip_tie", "mean", "random")
+Tables = dict[str, np.ndarray]  # "embedding" (and "head" when untied) as [V, D] rows
 HEAD_METHODS = ("zip_tie", "first")
+
+
+def _zip_tie(tables: Tables, base_ids: Sequence[Sequence[int]], rng: Any, opts: dict) -> Tables:
+    out = {}
+    for name, t in tables.items():
+        first = name == "head" and opts.get("head") == "first"
+        out[name] = np.stack([t[ids[0]] if first else t[list(ids)].mean(axis=0) for ids in base_ids])
+    return out
+
+
+def _mean(tables: Tables, base_ids: Sequence[Sequence[int]], rng: Any, opts: dict) -> Tables:
+    return {k: np.broadcast_to(t.mean(axis=0), (len(base_ids), t.shape[1])).copy() for k, t in tables.items()}
+
+
+def _random(tables: Tables, base_ids: Sequence[Sequence[int]], rng: Any, opts: dict) -> Tables:
+    return {k: rng.normal(0.0, t.std(), (len(base_ids), t.shape[1])) for k, t in tables.items()}
+
+
+def _mean_cov(tables: Tables, base_ids: Sequence[Sequence[int]], rng: Any, opts: dict) -> Tables:
+    scale = float(opts.get("cov_scale", 1.0))
+    out = {}
+    for k, t in tables.items():
+        t64 = t.astype(np.float64)
+        mu = t64.mean(axis=0)
+        centred = t64 - mu
+        sigma = centred.T @ centred / len(t64)
+        # Cholesky with a little jitter: the empirical covariance can be singular (fewer distinct rows than D)
+        jitter = 1e-6 * float(np.trace(sigma)) / len(sigma)
+        chol = np.linalg.cholesky(sigma + jitter * np.eye(len(sigma)))
+        z = rng.standard_normal((len(base_ids), len(mu)))
+        out[k] = mu + np.sqrt(scale) * z @ chol.T
+    return out
+
+
+def _omp(tables: Tables, base_ids: Sequence[Sequence[int]], rng: Any, opts: dict) -> Tables:
+    from jaxtrans.vocab.omp import omp_rows
+
+    emb = tables["embedding"]
+    targets = np.stack([emb[list(ids)].mean(axis=0) for ids in base_ids])
+    idx, coef = omp_rows(emb, targets, int(opts.get("k", 64)))
+    return {name: np.stack([c @ t[i] for i, c in zip(idx, coef, strict=True)]) for name, t in tables.items()}
+
+
+METHODS: dict[str, Callable[..., Tables]] = {
+    "zip_tie": _zip_tie,
+    "mean": _mean,
+    "random": _random,
+    "mean_cov": _mean_cov,
+    "omp": _omp,
+}
 
 
 def new_rows(
@@ -39,8 +101,12 @@ def new_rows(
     method: str = "zip_tie",
     head: str = "zip_tie",
     seed: int = 0,
+    **options: Any,
 ) -> dict[str, np.ndarray]:
-    """``{"embedding": [n, D]}`` plus ``{"head": [D, n]}`` when the LM head is untied (n includes padding)."""
+    """``{"embedding": [n, D]}`` plus ``{"head": [D, n]}`` when the LM head is untied (n includes padding).
+
+    ``options``: ``k`` for ``omp`` (default 64), ``cov_scale`` for ``mean_cov`` (default 1.0).
+    """
     if method not in METHODS:
         raise JaxtransError(f"embedding init {method!r} is not one of {', '.join(METHODS)}")
     if head not in HEAD_METHODS:
@@ -50,23 +116,15 @@ def new_rows(
     for i, ids in enumerate(base_ids):
         if not ids or min(ids) < 0 or max(ids) >= vocab:
             raise JaxtransError(f"new token {i} splits into base ids {list(ids)} outside the model's {vocab} rows")
-    rng = np.random.default_rng(seed)
-
-    def build(table_vd: np.ndarray, how: str, first_only: bool = False) -> np.ndarray:
-        if how == "zip_tie":
-            rows = [table_vd[ids[0]] if first_only else table_vd[list(ids)].mean(axis=0) for ids in base_ids]
-            out = np.stack(rows) if rows else np.zeros((0, table_vd.shape[1]), np.float32)
-        elif how == "mean":
-            out = np.broadcast_to(table_vd.mean(axis=0), (len(base_ids), table_vd.shape[1])).copy()
-        else:
-            out = rng.normal(0.0, table_vd.std(), (len(base_ids), table_vd.shape[1]))
-        pad = np.zeros((padding, table_vd.shape[1]), np.float32)
-        return np.concatenate([out.astype(np.float32), pad], axis=0)
-
-    rows: dict[str, Any] = {"embedding": build(emb, method)}
+    tables: Tables = {"embedding": emb}
     if head_dv is not None:
-        head_vd = np.asarray(head_dv, np.float32).T
-        rows["head"] = build(head_vd, method, first_only=(method == "zip_tie" and head == "first")).T
+        tables["head"] = np.asarray(head_dv, np.float32).T
+    made = METHODS[method](tables, base_ids, np.random.default_rng(seed), {"head": head, **options}) if base_ids else {}
+    rows: dict[str, Any] = {}
+    for name, t in tables.items():
+        body = np.asarray(made[name], np.float32) if base_ids else np.zeros((0, t.shape[1]), np.float32)
+        full = np.concatenate([body, np.zeros((padding, t.shape[1]), np.float32)], axis=0)
+        rows[name] = full.T if name == "head" else full
     return rows
 
 
@@ -90,6 +148,7 @@ def prepare(
 
     report = load_report(tokenizer_dir)
     recorded = report.get("init", {})
+    options = dict(recorded.get("options", {})) if method in (None, recorded.get("method")) else {}
     method = method or recorded.get("method", "zip_tie")
     head = head or recorded.get("head", "zip_tie")
     seed = recorded.get("seed", 0) if seed is None else seed
@@ -111,6 +170,7 @@ def prepare(
         method=method,
         head=head,
         seed=seed,
+        **options,
     )
     adapters = Adapters(new_tokens=len(entries) + report["padding_rows"], padding_rows=report["padding_rows"])
     return adapters, rows

@@ -209,6 +209,44 @@ def _peft_prefix(layer: int, name: str) -> str:
     return f"base_model.model.model.layers.{layer}.{_HF_MODULE[name]}"
 
 
+_PEFT_MODULE_KEY = {
+    "embed_tokens": "base_model.model.model.embed_tokens.weight",
+    "lm_head": "base_model.model.lm_head.weight",
+}
+
+
+def _peft_modules(cfg: ModelConfig, adapters: llama.Adapters, trainable: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Fully trained tensors (``modules_to_save``) as PEFT's ``modules_to_save`` weights, [rows, D] in HF layout.
+
+    A module that is saved whole carries the new-token rows too (PEFT copies the resized module), so those
+    rows are not also trainable tokens. With tied embeddings the trained embedding is also the LM head, as in
+    jaxtrans' forward pass, so it is saved for ``lm_head`` as well.
+    """
+    base = jax.device_get(trainable.get("base", {}))
+    unsupported = sorted(set(base) - {"embedding", "lm_head"})
+    if unsupported:
+        raise JaxtransError(
+            f"modules_to_save {unsupported} have no PEFT form here (PEFT export takes embedding and lm_head); "
+            "export the merged model instead (export_merged)"
+        )
+    n_new = adapters.new_tokens - adapters.padding_rows
+    rows = jax.device_get(trainable.get("new_rows", {}))
+    out: dict[str, np.ndarray] = {}
+    if "embedding" in base:
+        emb = np.asarray(base["embedding"], np.float32)
+        if n_new:
+            emb = np.concatenate([emb, np.asarray(rows["embedding"], np.float32)[:n_new]])
+        out["embed_tokens"] = emb
+        if cfg.tie_embeddings:
+            out["lm_head"] = emb
+    if "lm_head" in base and not cfg.tie_embeddings:
+        head = np.asarray(base["lm_head"]["kernel"], np.float32).T
+        if n_new:
+            head = np.concatenate([head, np.asarray(rows["head"], np.float32)[:, :n_new].T])
+        out["lm_head"] = head
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
 def export_peft(
     out_dir: str,
     cfg: ModelConfig,
@@ -229,8 +267,8 @@ def export_peft(
     """
     from safetensors.numpy import save_file
 
-    if adapters.lora is None and adapters.new_tokens == 0:
-        raise JaxtransError("nothing to export: the run has neither LoRA adapters nor new-token rows")
+    if adapters.lora is None and adapters.new_tokens == 0 and not trainable.get("base"):
+        raise JaxtransError("nothing to export: the run has no LoRA adapters, new-token rows or modules_to_save")
     tmp = _fresh_dir(out_dir, overwrite)
     try:
         tensors: dict[str, np.ndarray] = {}
@@ -247,18 +285,24 @@ def export_peft(
                     tensors[f"{_peft_prefix(i, name)}.lora_B.weight"] = np.ascontiguousarray(
                         b[i].reshape(lc.rank, -1).T
                     )
+        modules = _peft_modules(cfg, adapters, trainable)
+        for module, weight in modules.items():
+            tensors[_PEFT_MODULE_KEY[module]] = weight
         n_new = adapters.new_tokens - adapters.padding_rows
         token_ids = list(range(cfg.vocab_size, cfg.vocab_size + n_new))
         trainable_tokens = None
         if n_new > 0:
             rows = jax.device_get(trainable["new_rows"])
-            emb = np.asarray(rows["embedding"], np.float32)[:n_new]
-            tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"] = emb
-            trainable_tokens = {"embed_tokens": token_ids}
-            if not cfg.tie_embeddings:
+            trainable_tokens = {}
+            if "embed_tokens" not in modules:
+                emb = np.asarray(rows["embedding"], np.float32)[:n_new]
+                tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"] = emb
+                trainable_tokens["embed_tokens"] = token_ids
+            if not cfg.tie_embeddings and "lm_head" not in modules:
                 head = np.asarray(rows["head"], np.float32)[:, :n_new].T
                 tensors["base_model.model.lm_head.token_adapter.trainable_tokens_delta"] = np.ascontiguousarray(head)
                 trainable_tokens["lm_head"] = token_ids
+            trainable_tokens = trainable_tokens or None
         save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
         config = {
             "peft_type": "LORA",
@@ -273,7 +317,7 @@ def export_peft(
             "fan_in_fan_out": False,
             "inference_mode": True,
             "init_lora_weights": True,
-            "modules_to_save": None,
+            "modules_to_save": sorted(modules) or None,
             "trainable_token_indices": trainable_tokens,
         }
         with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
@@ -308,6 +352,11 @@ def import_peft(adapter_dir: str, cfg: ModelConfig) -> tuple[llama.Adapters, dic
         pc = json.load(f)
     if pc.get("peft_type") != "LORA":
         raise JaxtransError(f"{adapter_dir}: peft_type {pc.get('peft_type')!r} is not LORA")
+    if pc.get("modules_to_save"):
+        raise JaxtransError(
+            f"{adapter_dir} trains whole modules ({pc['modules_to_save']}), which jaxtrans cannot load as an adapter "
+            "yet; merge it with PEFT (merge_and_unload) and load the merged model instead"
+        )
     tensors = load_file(weights_path)
     found = {k.split(".lora_A.")[0].split(".")[-1] for k in tensors if ".lora_A." in k}
     unknown = found - {f"{n}_proj" for n in lora.LINEAR}

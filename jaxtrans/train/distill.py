@@ -1,0 +1,76 @@
+"""Recovery KD at the logit level: keep the adapted model's next-token distributions on English close to
+the frozen chat model's, without a second copy of the weights.
+
+With LoRA the frozen chat model *is* the base parameters with the adapters,
+the new-token rows and any ``modules_to_save`` overrides switched off. The
+teacher is therefore one more forward pass of the same ``params`` (under
+``stop_gradient``), inside the same jitted step; nothing is generated and no
+weights are copied (self-distillation, as in SDFT, arXiv 2402.13669; TransLLM's
+recovery KD trains on the frozen model's *generated* answers instead).
+
+Rows of the ``recovery_logits`` mixture component carry loss-mask value 2 on
+the positions to distil (value 1 is ordinary next-token cross-entropy); the
+step adds the divergence summed over those positions to the loss, so each
+distilled position weighs as much as a trained token.
+
+Divergences, with temperature tau (scaled by tau^2, as in Hinton et al.):
+
+* ``kl``: KL(p_base || p_adapted), the student's distribution over its whole
+  vocabulary (mass it puts on new tokens counts against it);
+* ``reverse_kl``: KL(p_adapted || p_base) and ``jsd`` (Jensen-Shannon, base 2 of e):
+  over the base vocabulary, the student renormalised on it.
+
+With an untrained adapter (LoRA B = 0) and no new rows the student's logits
+equal the teacher's exactly, and so does the divergence: 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxtrans.data.formats import DISTILLED as KD_MASK  # noqa: F401  (the loss-mask value of a position to distil)
+from jaxtrans.errors import JaxtransError
+
+DIVERGENCES = ("kl", "reverse_kl", "jsd")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    divergence: str = "kl"
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.divergence not in DIVERGENCES:
+            raise JaxtransError(
+                f"recovery_logits divergence {self.divergence!r} is not one of {', '.join(DIVERGENCES)}"
+            )
+        if not self.temperature > 0:
+            raise JaxtransError(f"recovery_logits temperature {self.temperature} must be > 0")
+
+
+def divergence(
+    student_btv: jax.Array, teacher_btw: jax.Array, mask_bt: jax.Array, cfg: DistillConfig
+) -> tuple[jax.Array, jax.Array]:
+    """(sum over masked positions, their count); the teacher has the base vocabulary W <= V."""
+    tau = cfg.temperature
+    w = teacher_btw.shape[-1]
+    s = student_btv.astype(jnp.float32) / tau
+    t = jax.lax.stop_gradient(teacher_btw.astype(jnp.float32)) / tau
+    lt = jax.nn.log_softmax(t, axis=-1)
+    pt = jnp.exp(lt)
+    if cfg.divergence == "kl":
+        ls = jax.nn.log_softmax(s, axis=-1)[..., :w]
+        per_bt = jnp.sum(pt * (lt - ls), axis=-1)
+    else:
+        ls = jax.nn.log_softmax(s[..., :w], axis=-1)
+        ps = jnp.exp(ls)
+        if cfg.divergence == "reverse_kl":
+            per_bt = jnp.sum(ps * (ls - lt), axis=-1)
+        else:
+            lm = jnp.log(0.5 * (ps + pt) + 1e-30)
+            per_bt = 0.5 * jnp.sum(ps * (ls - lm), axis=-1) + 0.5 * jnp.sum(pt * (lt - lm), axis=-1)
+    mask = mask_bt.astype(jnp.float32)
+    return jnp.sum(per_bt * mask) * tau * tau, jnp.sum(mask)

@@ -1,0 +1,100 @@
+"""Recovery KD at the logit level: exact zero at step 0, one copy of the base, and it pulls toward the base."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtrans import sharding
+from jaxtrans.errors import JaxtransError
+from jaxtrans.model import llama
+from jaxtrans.model.lora import LoraConfig
+from jaxtrans.train.distill import KD_MASK, DistillConfig
+from jaxtrans.train.optim import OptimConfig
+from jaxtrans.train.step import Trainer
+from tests.train_job import examples, tiny_config
+
+
+def _mesh():
+    return sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+
+def _kd_batch(seed=0, n=4, vocab=128):
+    ex = examples(n=n, seed=seed, vocab=vocab)
+    ex["loss_mask"] = ex["loss_mask"] * KD_MASK
+    return {k: v[None] for k, v in ex.items()}
+
+
+def _trainer(divergence="kl", lr=1e-2, new_tokens=0, dropout=0.1):
+    cfg = tiny_config()
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8, dropout, targets="all-linear"), new_tokens=new_tokens)
+    optim = OptimConfig(lr, schedule="constant", total_steps=10)
+    return Trainer(cfg, adapters, optim, _mesh(), distill=DistillConfig(divergence, 1.0)), cfg
+
+
+@pytest.mark.parametrize("divergence", ["kl", "reverse_kl", "jsd"])
+def test_untrained_adapter_has_exactly_zero_divergence(divergence):
+    trainer, cfg = _trainer(divergence)
+    base = llama.init_params(cfg, seed=1)
+    state = trainer.init_state(base)
+    micro = jax.tree.map(lambda x: x[0], _kd_batch())
+    loss_sum, count = jax.jit(trainer.loss_fn)(state.trainable, base, micro, jax.random.key(0))
+    assert float(count) == micro["loss_mask"].size and float(loss_sum) == 0.0
+
+
+def test_distillation_pulls_the_adapter_back_to_the_base():
+    trainer, cfg = _trainer(lr=3e-2, dropout=0.0)
+    base = llama.init_params(cfg, seed=1)
+    state = trainer.init_state(base)
+    rng = np.random.default_rng(0)
+    perturbed = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + rng.normal(0, 0.3, x.shape).astype(x.dtype) if p[-1].key == "b" else x, state.trainable
+    )
+    state = trainer.make_state(base, perturbed)
+    step = trainer.compiled_step(base)
+    losses = []
+    batch = _kd_batch()
+    for _ in range(10):
+        state, m = step(state, base, batch)
+        losses.append(float(m["loss"]))
+    assert losses[0] > 1e-3 and losses[-1] < 0.7 * losses[0]  # the divergence from the frozen model shrinks
+
+
+def test_the_step_holds_one_copy_of_the_base():
+    """Same arguments as the plain LoRA step: the teacher reads the frozen params it already has."""
+    trainer, cfg = _trainer()
+    plain = Trainer(cfg, trainer.adapters, trainer.optim, trainer.mesh)
+    base = llama.init_params(cfg, seed=1)
+    batch = _kd_batch()
+    sizes = []
+    for t in (plain, trainer):
+        state = t.init_state(base)
+        mem = t.compiled_step(base).lower(state, base, batch).compile().memory_analysis()
+        sizes.append(mem.argument_size_in_bytes)
+    assert sizes[1] <= 1.05 * sizes[0]
+
+
+def test_recovery_logits_rows_and_bad_settings(shared_data, tmp_path):
+    import json
+    import os
+
+    from jaxtrans.data.sources import Source
+    from jaxtrans.data.stages import Component, Language, encode
+    from jaxtrans.vocab.base import load_tokenizer
+
+    tok = load_tokenizer("embedded:smollm2")
+    path = os.path.join(shared_data, "eval-mt-bench", "question.jsonl")
+    records = [{"prompt": json.loads(x)["turns"][0], "_where": "q"} for x in open(path)][:2]
+    comp = Component("kd", "recovery_logits", Source(path))
+    lang = Language()
+    ids, mask = encode(comp, records[:1], tok, lang)[0][0]
+    assert set(np.unique(mask)) <= {0, KD_MASK} and (mask == KD_MASK).sum() >= len(ids) - 2  # the prompt text
+    records[1]["answer"] = "Paris is the capital of France."
+    ids2, mask2 = encode(comp, records[1:], tok, lang)[0][0]
+    assert 0 < (mask2 == KD_MASK).sum() < len(ids2)  # the answer's tokens only, after a chat prompt
+    with pytest.raises(JaxtransError, match="divergence 'kld' is not one of kl, reverse_kl, jsd"):
+        DistillConfig("kld")
+    cfg = tiny_config().replace(loss_chunk=8)
+    with pytest.raises(JaxtransError, match="set model.loss_chunk=0"):
+        Trainer(cfg, llama.Adapters(), OptimConfig(), _mesh(), distill=DistillConfig())
