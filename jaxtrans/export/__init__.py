@@ -19,12 +19,14 @@ merged weights carry the 4-bit rounding, as with PEFT's merge on bitsandbytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -50,18 +52,22 @@ _OUR_PATH = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "gate": "mlp", 
 ADAPTER_INFO = "jaxtrans_adapter.json"
 
 
-def _fresh_dir(out_dir: str, overwrite: bool) -> str:
+@contextlib.contextmanager
+def _staged(out_dir: str, overwrite: bool) -> Iterator[str]:
+    """A temporary directory beside ``out_dir`` that becomes ``out_dir`` if the block succeeds and vanishes if not."""
     if os.path.exists(out_dir) and not overwrite:
         raise JaxtransError(f"{out_dir} already exists; choose another path or pass --overwrite")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=".export-", dir=parent)
-
-
-def _commit(tmp: str, out_dir: str) -> None:
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def dequantized(params: Any, cfg: ModelConfig) -> Any:
@@ -171,8 +177,7 @@ def export_merged(
             f"{adapters.new_tokens - adapters.padding_rows} new rows; export with the tokenizer the adapters were "
             "trained with"
         )
-    tmp = _fresh_dir(out_dir, overwrite)
-    try:
+    with _staged(out_dir, overwrite) as tmp:
         new_cfg, params = merged_params(cfg, base, trainable, adapters)
         _save_sharded(_hf_tensors(new_cfg, params, np.dtype(jnp.dtype(dtype))), tmp, max_shard_bytes)
         hf_cfg = to_hf_config(new_cfg)
@@ -190,10 +195,6 @@ def export_merged(
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_cfg, f, indent=2)
         _write_vocab_record(tmp, vocab_record)
-        _commit(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -269,8 +270,7 @@ def export_peft(
 
     if adapters.lora is None and adapters.new_tokens == 0 and not trainable.get("base"):
         raise JaxtransError("nothing to export: the run has no LoRA adapters, new-token rows or modules_to_save")
-    tmp = _fresh_dir(out_dir, overwrite)
-    try:
+    with _staged(out_dir, overwrite) as tmp:
         tensors: dict[str, np.ndarray] = {}
         lc = adapters.lora
         if lc is not None:
@@ -332,10 +332,6 @@ def export_peft(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _write_vocab_record(tmp, vocab_record)
-        _commit(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
