@@ -107,35 +107,52 @@ class JaxtransLM(TemplateLM):
         )
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        """Requests with the same generation settings run together, ``batch_size`` prompts at a time."""
+        import json
+
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(json.dumps(req.args[1] or {}, sort_keys=True, default=str), []).append(i)
+        out: list[str] = [""] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                texts = self._generate([requests[i].args[0] for i in chunk], dict(requests[chunk[0]].args[1] or {}))
+                for i, text in zip(chunk, texts, strict=True):
+                    out[i] = text
+                bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def _generate(self, contexts: list[str], kwargs: dict[str, Any]) -> list[str]:
         from jaxtrans.infer.chat import stop_token_ids
         from jaxtrans.infer.generate import SamplingConfig, generate
 
-        stops = stop_token_ids(self.tokenizer)  # what an exported model's generation_config stops on
+        until = kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
         eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        if eos and eos not in until:
+            until.append(eos)
+        max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+        if self.max_length - max_new <= 0:
+            raise JaxtransError(f"max_gen_toks={max_new} leaves no room for a prompt in {self.max_length} tokens")
+        sampling = SamplingConfig(
+            max_new_tokens=max_new,
+            temperature=float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0,
+            top_p=float(kwargs.get("top_p", 1.0) or 1.0),
+            top_k=int(kwargs.get("top_k", 0) or 0),
+        )
+        prompts = [self.tok_encode(c, left_truncate_len=self.max_length - max_new) for c in contexts]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
-        out: list[str] = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
-            context, kwargs = req.args
-            kwargs = dict(kwargs or {})
-            until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            if eos and eos not in until:
-                until.append(eos)
-            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-            sampling = SamplingConfig(
-                max_new_tokens=max_new,
-                temperature=float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0,
-                top_p=float(kwargs.get("top_p", 1.0) or 1.0),
-                top_k=int(kwargs.get("top_k", 0) or 0),
-            )
-            if self.max_length - max_new <= 0:
-                raise JaxtransError(f"max_gen_toks={max_new} leaves no room for a prompt in {self.max_length} tokens")
-            ids = self.tok_encode(context, left_truncate_len=self.max_length - max_new)
-            new = generate(self.view.cfg, self.view.variables, [ids], sampling, stops, pad,
-                           max_len=len(ids) + max_new, adapters=self.view.adapters)[0]  # fmt: skip
-            text = self.tok_decode(new)
+        stops = stop_token_ids(self.tokenizer)  # what an exported model's generation_config stops on
+        new = generate(self.view.cfg, self.view.variables, prompts, sampling, stops, pad,
+                       max_len=max(map(len, prompts)) + max_new, adapters=self.view.adapters)  # fmt: skip
+        texts = []
+        for ids in new:
+            text = self.tok_decode(ids)
             for stop in until:
                 if stop:
                     text = text.split(stop)[0]
-            out.append(text)
-        return out
+            texts.append(text)
+        return texts
