@@ -62,9 +62,14 @@ def resolve(path: str) -> ResolvedModel:
                 f"model directory {path} has no config.json; point at a HF model directory or a .gguf file"
             )
         return ResolvedModel("hf", expanded)
-    if _HUB_NAME.match(path) and not path.startswith((".", "/", "~")):
+    if is_hub_name(path):
         return ResolvedModel("hf", _download(path))
     raise JaxtransError(f"model path {path} does not exist (give a local directory, a .gguf file or a hub name)")
+
+
+def is_hub_name(path: str) -> bool:
+    """``org/name`` that is not a local path: what jaxtrans fetches from the HuggingFace hub."""
+    return bool(_HUB_NAME.match(path)) and not path.startswith((".", "/", "~")) and not os.path.exists(path)
 
 
 def _download(repo_id: str) -> str:

@@ -19,14 +19,10 @@ merged weights carry the 4-bit rounding, as with PEFT's merge on bitsandbytes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -38,6 +34,7 @@ from jaxtrans.checkpoint.loader import hf_layout
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama, lora, nf4
 from jaxtrans.model.config import ModelConfig, to_hf_config
+from jaxtrans.staging import staged_dir
 
 _HF_MODULE = {
     "q": "self_attn.q_proj",
@@ -52,22 +49,10 @@ _OUR_PATH = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "gate": "mlp", 
 ADAPTER_INFO = "jaxtrans_adapter.json"
 
 
-@contextlib.contextmanager
-def _staged(out_dir: str, overwrite: bool) -> Iterator[str]:
-    """A temporary directory beside ``out_dir`` that becomes ``out_dir`` if the block succeeds and vanishes if not."""
+def _staged(out_dir: str, overwrite: bool) -> Any:
     if os.path.exists(out_dir) and not overwrite:
         raise JaxtransError(f"{out_dir} already exists; choose another path or pass --overwrite")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return staged_dir(out_dir, prefix=".export-")
 
 
 def dequantized(params: Any, cfg: ModelConfig) -> Any:

@@ -9,7 +9,6 @@ Accepted: a SentencePiece ``.model`` file; a tokenizer-only directory
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 from jaxtrans.errors import JaxtransError
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def hf_tokenizer_for_spm(spm_path: str) -> Any:
@@ -53,7 +51,9 @@ def load_tokenizer(path: str) -> Any:
         raise JaxtransError(
             f"{path} has no tokenizer (tokenizer.json, tokenizer.model or tokenizer_config.json) and no .gguf file"
         )
-    if _HUB_NAME.match(path) and not os.path.exists(expanded) and not path.startswith((".", "/", "~")):
+    from jaxtrans.pretrained import is_hub_name
+
+    if is_hub_name(path):
         from transformers import AutoTokenizer
 
         try:

@@ -27,13 +27,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 from jaxtrans.errors import JaxtransError
+from jaxtrans.staging import staged_dir
 from jaxtrans.vocab import bpe, spm
 from jaxtrans.vocab.base import hf_tokenizer_for_spm, load_tokenizer
 from jaxtrans.vocab.corpus import load_corpus, script_ranges
@@ -192,20 +192,17 @@ def extend(base: str, corpus: Sequence[str], cfg: ExtendConfig, out_dir: str, ov
         raise JaxtransError(f"{out_dir} is a file; give a directory path for the extended tokenizer")
     kind, base_tok = detect(base)
     texts = load_corpus(corpus, cfg.language, cfg.text_field, cfg.max_chars)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".vocab-", dir=parent)
-    except OSError as e:
-        raise JaxtransError(f"cannot write the extended tokenizer under {parent}: {e.strerror}") from None
-    try:
+    with staged_dir(out_dir, prefix=".vocab-") as tmp:
         base_hf, hf, facts = _build(kind, base_tok, texts, cfg, tmp)
         added = facts["added"]
         hf.save_pretrained(tmp)
         ids, first = _check_layout(base_hf, hf, added, cfg.special_tokens)
         total = len(hf)
         padding = (-total) % cfg.pad_to_multiple if cfg.pad_to_multiple else 0
-        entries = [{"id": i, "token": t, "base_ids": b} for i, t, b in zip(ids, added, facts["base_ids"], strict=False)]
+        entries = [
+            {"id": i, "token": t, "base_ids": b}
+            for i, t, b in zip(ids[: len(added)], added, facts["base_ids"], strict=True)
+        ]
         entries += [
             {"id": i, "token": s, "base_ids": b, "special": True}
             for i, s, b in zip(ids[len(added) :], cfg.special_tokens, facts["special_split"], strict=True)
@@ -236,12 +233,6 @@ def extend(base: str, corpus: Sequence[str], cfg: ExtendConfig, out_dir: str, ov
         }
         with open(os.path.join(tmp, REPORT), "w") as f:
             json.dump(record, f, ensure_ascii=False, indent=1)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record
 
 
