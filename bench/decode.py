@@ -95,7 +95,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     import jaxtrans
-    from jaxtrans.infer.chat import chat_ids
+    from jaxtrans.data.template import chat_ids
     from jaxtrans.infer.generate import SamplingConfig, generate
     from jaxtrans.pretrained import resolve
 

@@ -68,7 +68,7 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
                 ),
             }
         )  # fmt: skip
-        cfg.eval.th_text = source(xquad, columns={"text": "paragraphs.0.context"}, limit=20)
+        cfg.eval.target_text = source(xquad, columns={"text": "paragraphs.0.context"}, limit=20)
     else:
         raise JaxtransError(f"unknown variant {variant!r} of configs/bailong_zh_hant.py; use llama2_7b or local")
     cfg.lock()

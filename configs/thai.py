@@ -119,10 +119,10 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
             }
         )  # fmt: skip
         cfg.generation.max_new_tokens = 64
-        cfg.eval.th_text = source(titles, limit=150)
+        cfg.eval.target_text = source(titles, limit=150)
         cfg.eval.en_text = source("embedded:mtbench_questions", columns={"text": "turns.1"}, limit=40)
         cfg.eval.en_prompts = source("embedded:mtbench_questions", skip=72)
-        cfg.eval.th_prompts = source("embedded:thai_word_tcot", limit=4, columns={"prompt": "query"})
+        cfg.eval.target_prompts = source("embedded:thai_word_tcot", limit=4, columns={"prompt": "query"})
         cfg.eval.max_new_tokens = 40
     elif variant == "llama2_7b":
         cfg.output_dir = "runs/thai_llama2_7b"
@@ -149,7 +149,7 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
             limit=200, max_new_tokens=256,
         )  # fmt: skip
         cfg.stages.pretrain.streaming = True
-        cfg.eval.th_text = source("hf:openlanguagedata/flores_plus:tha_Thai", split="devtest")
+        cfg.eval.target_text = source("hf:openlanguagedata/flores_plus:tha_Thai", split="devtest")
         cfg.eval.en_prompts = source("hf:tatsu-lab/alpaca", columns={"prompt": "instruction"}, skip=50_000, limit=64)
         cfg.generation.batch_size = 64
         cfg.generation.max_new_tokens = 512

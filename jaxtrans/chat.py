@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxtrans.errors import JaxtransError
+from jaxtrans.errors import JaxtransError, number
 from jaxtrans.view import load_view
 
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from jaxtrans.infer.tcot_chat import TcotChat
 
+        number("--max_new_tokens", args.max_new_tokens, 1)
         view, tags = load_view(args.model, args.adapter)
         chat = TcotChat.from_view(view, args.max_new_tokens, tags=tags)
         turns = args.prompt if args.prompt else None

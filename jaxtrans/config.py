@@ -17,7 +17,8 @@ from typing import Any
 
 from ml_collections import config_dict
 
-from jaxtrans.errors import JaxtransError
+from jaxtrans.errors import JaxtransError, number, one_of
+from jaxtrans.model.config import ATTENTION, REMAT_POLICIES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -32,6 +33,8 @@ def model_defaults() -> config_dict.ConfigDict:
             "remat": "none",  # none | full | save_dots
             "loss_chunk": 0,  # >0: the training loss over this many positions at a time (long rows, big vocabularies)
             "attention": "xla",  # xla | chunked (flash-like memory in XLA) | dot_product (cuDNN) | flash (Pallas, TPU)
+            # the tokenizer beside the weights must fit them (jaxtrans.pretrained.check_tokenizer); True skips that
+            "allow_tokenizer_mismatch": False,
         }
     )
 
@@ -48,10 +51,32 @@ def load_file(spec: str) -> config_dict.ConfigDict:
         raise JaxtransError(f"config file {path} does not exist (use --config configs/thai.py or another file)")
     module_spec = importlib.util.spec_from_file_location("jaxtrans_user_config", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise JaxtransError(f"config file {path} defines no get_config(variant) function")
-    return module.get_config(variant) if variant else module.get_config()
+    try:
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise JaxtransError(f"config file {path} defines no get_config(variant) function")
+        cfg = module.get_config(variant) if variant else module.get_config()
+    except JaxtransError:
+        raise
+    except SyntaxError as e:
+        raise JaxtransError(f"config file {path}:{e.lineno}: syntax error: {e.msg}; fix the file") from None
+    except Exception as e:  # the user's code failed: name the line in their file, not ours
+        raise JaxtransError(f"config file {_where(e, path)}: {type(e).__name__}: {e}; fix the file") from None
+    if not isinstance(cfg, config_dict.ConfigDict):
+        raise JaxtransError(
+            f"config file {path}: get_config() returned {type(cfg).__name__}, not an ml_collections ConfigDict; "
+            "build it with jaxtrans.config.run_defaults()"
+        )
+    return cfg
+
+
+def _where(error: BaseException, path: str) -> str:
+    """``path:line`` of the deepest frame of ``error`` in the config file (the file alone if none)."""
+    import traceback
+
+    here = os.path.abspath(path)
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == here]
+    return f"{path}:{lines[-1]}" if lines else path
 
 
 def config_arg(argv: Sequence[str]) -> str | None:
@@ -90,19 +115,41 @@ def precheck(argv: Sequence[str]) -> None:
 
 
 def validate(cfg: config_dict.ConfigDict) -> None:
-    """Value checks that do not need the model: enums and numbers. Paths are checked when resolved."""
+    """Value checks that do not need the model or data: enums (with a did-you-mean), numbers, the output folder."""
     m = cfg.model
-    for key in ("dtype", "param_dtype"):
-        if m[key] not in DTYPES:
-            raise JaxtransError(f"model.{key}={m[key]!r} is not one of {', '.join(DTYPES)}")
-    if m.remat not in ("none", "full", "save_dots"):
-        raise JaxtransError(f"model.remat={m.remat!r} is not one of none, full, save_dots")
-    if m.attention not in ("xla", "chunked", "dot_product", "flash"):
-        raise JaxtransError(f"model.attention={m.attention!r} is not one of xla, chunked, dot_product, flash")
+    for key, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat", REMAT_POLICIES),
+                         ("attention", ATTENTION)):  # fmt: skip
+        one_of(f"model.{key}", m[key], allowed)
+    number("model.loss_chunk", m.get("loss_chunk", 0), 0)
     for axis in ("data", "fsdp", "tensor"):
         size = cfg.mesh[axis]
         if size == 0 or size < -1:
             raise JaxtransError(f"mesh.{axis}={size}: mesh sizes are positive, or -1 for 'the remaining devices'")
+    for key in ("max_new_tokens", "batch_size"):
+        number(f"generation.{key}", cfg.generation[key], 1)
+    number("eval.max_new_tokens", cfg.eval.get("max_new_tokens", 64), 1)
+    number("eval.loop_texts", cfg.eval.get("loop_texts", 32), 0)
+    restart = cfg.get("restart_from", "")
+    if restart and restart not in (cfg.get("curriculum") or ()):
+        close = difflib.get_close_matches(str(restart), list(cfg.get("curriculum") or ()), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f" ({', '.join(cfg.get('curriculum') or ())})"
+        raise JaxtransError(f"restart_from={restart!r} is not a stage of the curriculum{hint}")
+    check_output_dir(cfg.output_dir)
+
+
+def check_output_dir(path: str) -> None:
+    """A run directory we can create and write: not empty, not a file, not under a file, not read-only."""
+    if not isinstance(path, str) or not path.strip():
+        raise JaxtransError("output_dir is empty; set --config.output_dir=runs/NAME")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise JaxtransError(f"output_dir {path} is a file, not a folder; choose another output_dir")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise JaxtransError(f"output_dir {path} is under {parent}, which is a file; choose another output_dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise JaxtransError(f"output_dir {path}: {parent} is not writable; choose a folder you can write to")
 
 
 def lora_defaults(**overrides: Any) -> config_dict.ConfigDict:
@@ -166,10 +213,13 @@ def train_stage(data: dict[str, config_dict.ConfigDict], **overrides: Any) -> co
         "seq_len": 512,
         "batch_size": 8,
         "accum": 1,
-        "too_long": "truncate",  # truncate | skip | error
+        "too_long": "split",  # split (documents into rows; other examples truncated) | truncate | skip | error
         "streaming": False,
         "save_every": 50,
         "eval_every": 0,
+        # steps whose loss or gradients are not finite are skipped (no update), up to this many in a row; past
+        # that (and with 0) the stage stops, keeping its last finite checkpoint
+        "skip_nonfinite_steps": 0,
         "data": config_dict.ConfigDict(data),
     }
     block.update(overrides)
@@ -238,9 +288,12 @@ def run_defaults() -> config_dict.ConfigDict:
     cfg.language = config_dict.ConfigDict({"code": "th", "name": "Thai", "tag": "<TH>"})
     cfg.generation = config_dict.ConfigDict({"batch_size": 16, "max_new_tokens": 128})
     cfg.translator = config_dict.ConfigDict({"model": "self"})  # self | none | a model path
+    # held-out measurements before training and after every train stage (jaxtrans.curriculum.points), in the
+    # eval suite's vocabulary; loop_texts: how many target texts ``eval_every`` measures inside a stage
     cfg.eval = config_dict.ConfigDict(
-        {"th_text": None, "en_text": None, "en_prompts": None, "th_prompts": None, "max_new_tokens": 64}
-    )
+        {"target_text": None, "en_text": None, "en_prompts": None, "target_prompts": None, "max_new_tokens": 64,
+         "loop_texts": 32}
+    )  # fmt: skip
     # multi-host: empty = single process, or what the cluster (TPU VM, SLURM) or JAXTRANS_* variables say
     cfg.distributed = config_dict.ConfigDict(
         {"coordinator": "", "num_processes": 0, "process_id": -1, "auto": True, "timeout_s": 300}
@@ -248,4 +301,7 @@ def run_defaults() -> config_dict.ConfigDict:
     cfg.seed = 0
     cfg.progress = True
     cfg.output_dir = "runs/run"
+    # a stage whose settings changed since its results were made: retrain it and every later stage (earlier
+    # stages' results are kept); without it such a re-run is refused (jaxtrans.curriculum.identity)
+    cfg.restart_from = ""
     return cfg

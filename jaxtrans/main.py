@@ -8,17 +8,23 @@ last run stopped.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxtrans.config import precheck
-from jaxtrans.errors import JaxtransError
+from jaxtrans.errors import JaxtransError, Preempted
 
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "plan only: compile the train step from shapes, print memory and speed")
 _DEVICE = flags.DEFINE_string("device", "H100", "with --dry_run: the device to check the fit against")
 _MFU = flags.DEFINE_float("mfu", 0.4, "with --dry_run: the MFU to predict tokens/s at")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "with --dry_run on a TPU device: the slice to compile for with the TPU compiler (e.g. v5e:2x2, "
+    "v5p:2x2x1; needs libtpu); default: the smallest slice the mesh fits"
+)  # fmt: skip
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: schedulers may requeue; the same command resumes
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: path.py[:variant]", lock_config=True)
 
@@ -27,13 +33,14 @@ def run(cfg) -> dict:
     """Run (or resume) the pipeline; returns the report."""
     from jaxtrans import pipeline
 
-    try:
-        report = pipeline.run(cfg)
-    except pipeline.Preempted as e:
-        print(f"jaxtrans: {e}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT)
+    report = pipeline.run(cfg)
     print(f"\nreport: {cfg.output_dir}/report.md")
     return report
+
+
+def _sigterm(*_: object) -> None:
+    """SIGTERM outside a training loop (which saves and stops at the next step): stop here, exit 75."""
+    raise Preempted("stopped by SIGTERM; what was saved is kept; re-run the same command to resume")
 
 
 def _main(argv: list[str]) -> None:
@@ -46,7 +53,7 @@ def _main(argv: list[str]) -> None:
     if _DRY_RUN.value:
         from jaxtrans.plan import plan
 
-        plan(_CONFIG.value, _DEVICE.value, _MFU.value)
+        plan(_CONFIG.value, _DEVICE.value, _MFU.value, _TOPOLOGY.value)
         return
     run(_CONFIG.value)
 
@@ -54,7 +61,7 @@ def _main(argv: list[str]) -> None:
 def usage(argv: list[str]) -> str:
     """The --help text: the command, every flag with its help and default, and (with --config) the config's keys."""
     lines = [__doc__.strip(), "", "flags:"]
-    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU):
+    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU, _TOPOLOGY):
         f = flags.FLAGS[flag.name]
         default = "" if f.default is None else f" (default: {f.default})"
         lines.append(f"  --{f.name}: {f.help}{default}")
@@ -82,6 +89,14 @@ def usage(argv: list[str]) -> str:
 def cli(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     argv = list(sys.argv if argv is None else argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    if "--dry_run" in argv and "JAXTRANS_PLAN_DUMP" not in os.environ:  # before jax starts: XLA reads its flags once
+        import tempfile
+
+        from jaxtrans.plan import dump_flags
+
+        os.environ["JAXTRANS_PLAN_DUMP"] = tempfile.mkdtemp(prefix="jaxtrans-plan-")
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(os.environ['JAXTRANS_PLAN_DUMP'])}"
     try:
         if any(a in ("--help", "-h", "--helpfull", "-help") for a in argv[1:]):
             print(usage([a for a in argv if a not in ("--help", "-h", "--helpfull", "-help")]))
@@ -95,6 +110,9 @@ def cli(argv: list[str] | None = None) -> None:
     except JaxtransError as e:
         print(f"jaxtrans: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as e:
+        print(f"jaxtrans: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""``--dry_run``: will it fit? Compile the train step from shapes alone and read XLA's own numbers.
+"""``--dry_run``: will it fit, and how fast? Compile the train step from shapes alone, for the real target.
 
 No weight is read. The model's ``config.json`` comes from the local path, from
 a table of well-known hub models (so a 7B or 70B plan works offline), or from
 the hub (config only). The step is lowered for the configured mesh and the
-largest train stage's batch, compiled, and XLA's memory analysis (per device:
-arguments, outputs, temporaries) and cost analysis (FLOPs) are printed with
-the tokens/s the step would reach at a given MFU on a named device, and
-whether it fits that device's memory.
+largest train stage's batch and compiled: for a TPU (``--device v5e`` ...)
+by the TPU compiler itself on an abstract slice (``jaxtrans.topology``, needs
+libtpu; otherwise the local compiler, labelled as such), for GPUs by the local
+compiler (an estimate, labelled). It prints the compiled per-device peak
+beside the analytic memory floor (``jaxtrans.costs``) and the largest buffers
+of the compiled step, and FLOPs counted from the shapes (XLA's own count sees
+a scanned layer once) with the tokens/s they give at an MFU.
 """
 
 from __future__ import annotations
@@ -21,26 +24,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtrans import sharding
+from jaxtrans import costs, sharding
+from jaxtrans import topology as tpu
+from jaxtrans.devices import DEVICES, GiB
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig, from_hf_config
-from jaxtrans.model.lora import LoraConfig
-
-GiB = 1 << 30
-
-# Memory per device (bytes) and dense bf16 peak FLOP/s of the devices people ask about.
-DEVICES = {
-    "v4": (32 * GiB, 275e12),
-    "v5e": (16 * GiB, 197e12),
-    "v5p": (95 * GiB, 459e12),
-    "v6e": (32 * GiB, 918e12),
-    "A100-40GB": (40 * GiB, 312e12),
-    "A100-80GB": (80 * GiB, 312e12),
-    "H100": (80 * GiB, 989e12),
-    "H200": (141 * GiB, 989e12),
-    "cpu": (24 * GiB, 1e11),
-}
 
 # config.json of public models, for offline planning (architecture numbers only)
 _LLAMA2 = {"model_type": "llama", "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
@@ -52,7 +41,12 @@ PRESETS = {
                                   "num_hidden_layers": 40, "num_attention_heads": 40, "num_key_value_heads": 40},
     "meta-llama/Llama-2-70b-hf": {**_LLAMA2, "hidden_size": 8192, "intermediate_size": 28672,
                                   "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8},
+    "meta-llama/Meta-Llama-3-8B": {"model_type": "llama", "vocab_size": 128256, "max_position_embeddings": 8192,
+                                   "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": False,
+                                   "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336,
+                                   "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8},
 }  # fmt: skip
+PRESETS["meta-llama/Meta-Llama-3-8B-Instruct"] = PRESETS["meta-llama/Meta-Llama-3-8B"]
 for _name in list(PRESETS):
     PRESETS[_name.replace("-hf", "-chat-hf")] = PRESETS[_name]
 
@@ -81,103 +75,170 @@ def _abstract(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def plan(cfg: Any, device: str = "H100", mfu: float = 0.4) -> dict[str, Any]:
-    """Compile the configured train step from shapes; returns (and prints) the numbers."""
-    from jaxtrans.pipeline import check, check_batches
+def _trainer(cfg: Any, devices: list | None = None) -> tuple[Any, Any]:
+    """The Trainer of the config's largest train step (rows x length), built from shapes; and that stage."""
+    from jaxtrans.curriculum.train import check_batch
+    from jaxtrans.pipeline import lora_config
     from jaxtrans.train.optim import OptimConfig
-    from jaxtrans.train.step import BATCH_KEYS, Trainer
+    from jaxtrans.train.step import Trainer
 
-    check(cfg)
-    if device not in DEVICES:
-        raise JaxtransError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
     m = cfg.model
-    # fused kernels (cuDNN, Pallas) do not compile here; "chunked" has their memory profile in plain XLA
-    attn = "chunked" if m.attention in ("dot_product", "flash") else m.attention
+    attn = m.attention
+    if devices is None and attn in ("dot_product", "flash"):  # fused kernels of other backends do not compile here;
+        attn = "chunked"  # "chunked" has their memory profile in plain XLA
     mcfg = model_config(m.path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=attn,
                         loss_chunk=m.get("loss_chunk", 0))  # fmt: skip
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    check_batches(cfg, mesh)
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+    for name in cfg.curriculum:
+        if cfg.stages[name].kind == "train":
+            check_batch(name, cfg.stages[name], mesh)
     stages = [cfg.stages[n] for n in cfg.curriculum]
     new_tokens = sum(s.new_tokens for s in stages if s.kind == "vocab")
     multiple = max([s.pad_to_multiple for s in stages if s.kind == "vocab"] or [0])
     padding = (-(mcfg.vocab_size + new_tokens)) % multiple if multiple and new_tokens else 0
-    lc = LoraConfig.make(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets, cfg.lora.rslora)
-    adapters = llama.Adapters(lora=lc, quantized=cfg.lora.quantized, new_tokens=new_tokens + padding,
+    adapters = llama.Adapters(lora=lora_config(cfg), quantized=cfg.lora.quantized, new_tokens=new_tokens + padding,
                               padding_rows=padding)  # fmt: skip
-    train = [s for s in stages if s.kind == "train"]
-    biggest = max(train, key=lambda s: s.seq_len * s.batch_size)
+    biggest = max((s for s in stages if s.kind == "train"), key=lambda s: s.seq_len * s.batch_size)
     trainer = Trainer(mcfg, adapters, OptimConfig(total_steps=biggest.steps), mesh,
                       modules_to_save=tuple(cfg.lora.modules_to_save))  # fmt: skip
-    base_sh = trainer.base_shardings()
-    base = _abstract(nn.meta.unbox(llama.abstract_params(mcfg, adapters)), base_sh)
-    state_sh = trainer.state_shardings()
-    abstract_state = jax.eval_shape(lambda b: trainer.init_state(b), base)
-    state = _abstract(abstract_state, state_sh)
-    accum = biggest.get("accum", 1)
-    shape = (accum, biggest.batch_size, biggest.seq_len)
+    return trainer, biggest
+
+
+def _per_device(tree: Any) -> int:
+    """Bytes of a tree of sharded abstract arrays that one device holds."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        total += int(jnp.dtype(leaf.dtype).itemsize) * math.prod(leaf.sharding.shard_shape(leaf.shape))
+    return total
+
+
+def _compile(trainer: Any, stage: Any) -> tuple[Any, Any, Any, float]:
+    """(compiled step, abstract base, abstract state, compile seconds) for one batch of ``stage``."""
+    from jaxtrans.train.step import BATCH_KEYS
+
+    base = _abstract(nn.meta.unbox(llama.abstract_params(trainer.cfg, trainer.adapters)), trainer.base_shardings())
+    state = _abstract(jax.eval_shape(lambda b: trainer.init_state(b), base), trainer.state_shardings())
+    shape = (stage.get("accum", 1), stage.batch_size, stage.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=trainer.batch_sharding()) for k in BATCH_KEYS}
     t0 = time.perf_counter()
     compiled = trainer.compiled_step(base).lower(state, base, batch).compile()
-    compile_s = time.perf_counter() - t0
+    return compiled, base, state, time.perf_counter() - t0
+
+
+def _target(cfg: Any, device: str, topology: str | None) -> tuple[list | None, str]:
+    """(abstract devices or None for the local backend, what compiles the step, in words)."""
+    if device not in DEVICES:
+        raise JaxtransError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    if not tpu.is_tpu(device):
+        if topology:
+            raise JaxtransError(f"--topology is for TPU devices; {device} compiles with the local backend")
+        return None, f"{jax.default_backend().upper()} compiler (an estimate for {device}, not its own compiler)"
+    if topology is None and not tpu.has_libtpu():
+        return None, (f"{jax.default_backend().upper()} compiler: an estimate, not the TPU's (for the TPU compiler: "
+                      f"pip install {tpu.LIBTPU})")  # fmt: skip
+    topology = topology or tpu.default_topology(device, (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+    tpu.check(device, topology)
+    return tpu.devices(topology), f"TPU compiler (libtpu, abstract {topology} slice)"
+
+
+DUMP_ENV = "JAXTRANS_PLAN_DUMP"  # where --dry_run asks XLA to write its buffer reports (set before jax starts)
+
+
+def dump_flags(directory: str) -> str:
+    """XLA flags that write the optimized step's memory-usage report (largest live buffers) into ``directory``."""
+    return f"--xla_dump_to={directory} --xla_dump_hlo_pass_re=NONE --xla_dump_hlo_module_re=.*step_fn.*"
+
+
+def largest_buffers(directory: str | None, n: int = 8) -> list[tuple[int, str]]:
+    """(bytes, shapes) of the ``n`` largest buffers in the newest step report XLA wrote to ``directory``."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    reports = [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith("memory-usage-report.txt")]
+    if not reports:
+        return []
+    rows = []
+    with open(max(reports, key=os.path.getmtime)) as f:
+        for line in f:
+            parts = [p.strip() for p in line.split(";")]
+            if len(parts) == 5 and parts[1][:1].isdigit():
+                rows.append((_bytes(parts[1]), parts[4][:160]))
+    return sorted(rows, key=lambda r: -r[0])[:n]
+
+
+def _bytes(text: str) -> int:
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    for unit in ("KiB", "MiB", "GiB", "B"):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * units[unit])
+    return 0
+
+
+def plan(cfg: Any, device: str = "H100", mfu: float = 0.4, topology: str | None = None) -> dict[str, Any]:
+    """Compile the configured train step from shapes; returns (and prints) the numbers."""
+    from jaxtrans.pipeline import check
+
+    check(cfg)
+    devices, compiler = _target(cfg, device, topology)
+    trainer, biggest = _trainer(cfg, devices)
+    compiled, base, state, compile_s = _compile(trainer, biggest)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0))
-
-    def per_device(tree: Any) -> int:
-        total = 0
-        for leaf in jax.tree.leaves(tree):
-            shard = leaf.sharding.shard_shape(leaf.shape)
-            total += int(jnp.dtype(leaf.dtype).itemsize) * math.prod(shard)
-        return total
-
-    args_b, out_b = mem.argument_size_in_bytes, mem.output_size_in_bytes
-    alias_b, temp_b = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-    peak = args_b + out_b - alias_b + temp_b
-    capacity, peak_flops = DEVICES[device]
-    tokens = accum * biggest.batch_size * biggest.seq_len
-    step_s = flops / (peak_flops * mfu) if flops else float("nan")
+    xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    accum, rows, seq = biggest.get("accum", 1), biggest.batch_size, biggest.seq_len
+    flops = costs.step_flops(trainer.cfg, trainer.adapters, accum * rows * seq, seq, tuple(cfg.lora.modules_to_save))
+    trainable = _per_device(state.trainable)
+    floor = costs.memory_floor(trainer.cfg, trainer.adapters, rows // sharding.data_parallel_size(trainer.mesh), seq,
+                               _per_device(base), _per_device(state), trainable)  # fmt: skip
+    spec = DEVICES[device]
+    step_s = flops.total / (trainer.mesh.size * spec.peak_flops * mfu)
+    adapters, lc = trainer.adapters, trainer.adapters.lora
     result = {
-        "model": m.path,
-        "params": mcfg.num_params,
-        "mesh": dict(mesh.shape),
-        "devices": mesh.size,
-        "adapters": {
-            "lora_rank": lc.rank,
-            "targets": list(lc.targets),
-            "quantized": adapters.quantized,
-            "new_tokens": adapters.new_tokens,
-        },  # fmt: skip
+        "model": cfg.model.path, "params": trainer.cfg.num_params, "mesh": dict(trainer.mesh.shape),
+        "devices": trainer.mesh.size, "compiler": compiler, "attention": trainer.cfg.attention,
+        "adapters": {"lora_rank": lc.rank, "targets": list(lc.targets), "quantized": adapters.quantized,
+                     "new_tokens": adapters.new_tokens},
         "stage": [n for n in cfg.curriculum if cfg.stages[n] is biggest][0],
-        "batch": {"accum": accum, "batch": biggest.batch_size, "seq_len": biggest.seq_len},
-        "per_device_bytes": {
-            "frozen_base": per_device(base),
-            "trainable_and_optimizer": per_device(state),
-            "arguments": args_b,
-            "temporaries": temp_b,
-            "peak": peak,
-        },
-        "flops_per_step_per_device": flops,
-        "compile_seconds": round(compile_s, 1),
-        "device": device,
-        "fits": peak <= capacity,
-        "tokens_per_second_at_mfu": {"mfu": mfu, "tokens_per_s": tokens / step_s} if flops else None,
-    }
-    _print(result, capacity)
+        "batch": {"accum": accum, "batch": rows, "seq_len": seq},
+        "per_device_bytes": {"frozen_base": _per_device(base), "trainable_and_optimizer": _per_device(state),
+                             "arguments": mem.argument_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
+                             "peak": peak},
+        "floor_bytes": floor, "floor_total": sum(floor.values()), "peak_over_floor": peak / sum(floor.values()),
+        "flops_per_step": {"forward": flops.forward, "backward": flops.backward, "recompute": flops.recompute,
+                           "total": flops.total},
+        "xla_flops_per_step_per_device": xla_flops, "compile_seconds": round(compile_s, 1), "device": device,
+        "fits": peak <= spec.memory,
+        "tokens_per_second_at_mfu": {"mfu": mfu, "tokens_per_s": accum * rows * seq / step_s, "step_s": step_s},
+        "largest_buffers": largest_buffers(os.environ.get(DUMP_ENV)),
+    }  # fmt: skip
+    _print(result, spec.memory)
     return result
 
 
 def _print(r: dict[str, Any], capacity: int) -> None:
-    b = r["per_device_bytes"]
+    b, f = r["per_device_bytes"], r["flops_per_step"]
     print(f"plan: {r['model']} ({r['params'] / 1e9:.2f}B parameters) on mesh {r['mesh']} ({r['devices']} devices)")
+    print(f"  compiled by: {r['compiler']}; attention {r['attention']}")
     print(f"  adapters: LoRA r={r['adapters']['lora_rank']} on {','.join(r['adapters']['targets'])}"
           f"{', NF4 base' if r['adapters']['quantized'] else ''}, {r['adapters']['new_tokens']} new rows")  # fmt: skip
     print(f"  step: stage {r['stage']!r}, batch {r['batch']}; compiled in {r['compile_seconds']} s")
     for k, v in b.items():
         print(f"  per device {k:24s} {v / GiB:8.2f} GiB")
-    print(f"  FLOPs per step per device: {r['flops_per_step_per_device'] / 1e12:.2f} TFLOP")
-    if r["tokens_per_second_at_mfu"]:
-        t = r["tokens_per_second_at_mfu"]
-        print(f"  at {t['mfu']:.0%} MFU on {r['device']}: {t['tokens_per_s']:.0f} tokens/s (global)")
+    print(f"  analytic floor per device {r['floor_total'] / GiB:.2f} GiB (peak / floor {r['peak_over_floor']:.2f}):")
+    for k, v in r["floor_bytes"].items():
+        print(f"    {k:24s} {v / GiB:8.2f} GiB")
+    print(
+        f"  FLOPs per step (all devices, from the shapes): {f['total'] / 1e12:.2f} TFLOP (forward "
+        f"{f['forward'] / 1e12:.2f}, backward {f['backward'] / 1e12:.2f}, remat {f['recompute'] / 1e12:.2f}); "
+        f"XLA's count per device {r['xla_flops_per_step_per_device'] / 1e12:.2f} TFLOP sees a scanned layer once"
+    )
+    t = r["tokens_per_second_at_mfu"]
+    print(
+        f"  at {t['mfu']:.0%} MFU on {r['device']}: {t['tokens_per_s']:.0f} tokens/s (global), {t['step_s']:.2f} s/step"
+    )
+    if r["largest_buffers"]:
+        print("  largest buffers of the compiled step (XLA's memory-usage report):")
+        for size, shapes in r["largest_buffers"]:
+            print(f"    {size / GiB:8.3f} GiB  {shapes}")
     verdict = "fits" if r["fits"] else "does NOT fit"
     print(f"  {verdict} in {r['device']} memory ({capacity / GiB:.0f} GiB per device; peak {b['peak'] / GiB:.2f} GiB)")

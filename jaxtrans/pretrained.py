@@ -21,12 +21,12 @@ import numpy as np
 
 from jaxtrans import sharding as shd
 from jaxtrans import xla_options
-from jaxtrans.checkpoint import embedded
-from jaxtrans.checkpoint.loader import load_params
-from jaxtrans.checkpoint.sources import GGUFSource, SafetensorsSource, TensorSource
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig, from_hf_config
+from jaxtrans.weights import smollm2
+from jaxtrans.weights.loader import load_params
+from jaxtrans.weights.tensors import GGUFSource, SafetensorsSource, TensorSource
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -45,9 +45,9 @@ class ResolvedModel:
 def resolve(path: str) -> ResolvedModel:
     """Turn a user's model path into files on disk, with one clear error when that is impossible."""
     if path.startswith("embedded:"):
-        if path != embedded.NAME:
-            raise JaxtransError(f"unknown embedded model {path!r}; the embedded model is {embedded.NAME!r}")
-        return ResolvedModel("gguf", embedded.smollm2_gguf())
+        if path != smollm2.NAME:
+            raise JaxtransError(f"unknown embedded model {path!r}; the embedded model is {smollm2.NAME!r}")
+        return ResolvedModel("gguf", smollm2.smollm2_gguf())
     expanded = os.path.expanduser(path)
     if expanded.endswith(".gguf"):
         if not os.path.isfile(expanded):
@@ -176,6 +176,36 @@ def _forward() -> Any:
         return logits
 
     return jax.jit(forward, static_argnums=0, compiler_options=xla_options.accurate())
+
+
+def check_tokenizer(path: str, allow_mismatch: bool = False) -> None:
+    """The tokenizer found with a model fits its embedding rows; reads config and tokenizer, no weights.
+
+    Models pad their vocabulary by at most a few hundred rows (Qwen2: 271),
+    so a tokenizer leaving more than ``max(1024, 2%)`` rows unused, or with
+    another BOS id than the model's config, is another model's tokenizer.
+    """
+    resolved = resolve(path)
+    hf = resolved.source().hf_config()
+    tokenizer = load_tokenizer(resolved)
+    rows, n = int(hf["vocab_size"]), len(tokenizer)
+    if n > rows:
+        raise JaxtransError(
+            f"the tokenizer of {path} has {n} tokens but the model only {rows} rows; use the tokenizer saved with it"
+        )
+    if allow_mismatch:
+        return
+    if rows - n > max(1024, rows // 50):
+        raise JaxtransError(
+            f"the tokenizer of {path} covers {n} of the model's {rows} rows, so it is probably another model's; "
+            "use the tokenizer saved with this model (or set model.allow_tokenizer_mismatch=True)"
+        )
+    bos = hf.get("bos_token_id")
+    if isinstance(bos, int) and tokenizer.bos_token_id is not None and tokenizer.bos_token_id != bos:
+        raise JaxtransError(
+            f"the tokenizer of {path} starts text with id {tokenizer.bos_token_id} but the model expects {bos}; "
+            "use the tokenizer saved with this model (or set model.allow_tokenizer_mismatch=True)"
+        )
 
 
 def load_pretrained(

@@ -85,5 +85,17 @@ def logical_to_sharding(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[st
     return jax.tree.map(one, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:
+    """Sharding of a train batch [accum, batch, length]: micro-batches whole, rows and time by the rules."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes((None, "batch", "length"), rules))
+
+
+def data_parallel_size(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> int:
+    """How many ways the rules split a batch's rows over ``mesh``: a batch size must be a multiple of it."""
+    axes = dict(rules).get("batch")
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(mesh.shape[a] for a in names)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())

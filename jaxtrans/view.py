@@ -36,13 +36,15 @@ def load_view(model: str, adapter: str | None = None, dtype: str = "float32") ->
     import jaxtrans
     from jaxtrans.data.formats import Tags
     from jaxtrans.export import ADAPTER_INFO, import_peft
+    from jaxtrans.model.config import from_hf_config
+    from jaxtrans.pretrained import resolve
 
     if adapter and not os.path.isdir(adapter):
         raise JaxtransError(f"adapter directory {adapter} does not exist")
-    base, tokenizer = jaxtrans.load_pretrained(model, dtype=dtype)
-    adapters, trainable, tags = llama.Adapters(), {}, Tags()
-    if adapter:
-        adapters, trainable = import_peft(adapter, base.config)
+    adapters, trainable, tags, tokenizer = llama.Adapters(), {}, Tags(), None
+    if adapter:  # the adapter is checked against the model's config before any base weight is read
+        cfg = from_hf_config(resolve(model).source().hf_config(), dtype=dtype)
+        adapters, trainable = import_peft(adapter, cfg)
         has_tokenizer = os.path.isfile(os.path.join(adapter, "tokenizer_config.json"))
         if adapters.new_tokens and not has_tokenizer:
             raise JaxtransError(
@@ -53,11 +55,9 @@ def load_view(model: str, adapter: str | None = None, dtype: str = "float32") ->
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(adapter)
-        info_path = os.path.join(adapter, ADAPTER_INFO)
-        if os.path.isfile(info_path):
-            with open(info_path) as f:
-                info = json.load(f)
-            tags = Tags(**info.get("tags", {}))
+        tags = _tags(adapter, ADAPTER_INFO)
+    base, base_tokenizer = jaxtrans.load_pretrained(model, dtype=dtype)
+    tokenizer = base_tokenizer if tokenizer is None else tokenizer
     want = base.config.vocab_size + adapters.new_tokens
     if len(tokenizer) > want:
         raise JaxtransError(
@@ -65,3 +65,18 @@ def load_view(model: str, adapter: str | None = None, dtype: str = "float32") ->
             "use the tokenizer saved with the adapter"
         )
     return ModelView(base.config, adapters, {"params": base.params, **trainable}, tokenizer), tags
+
+
+def _tags(adapter: str, info_name: str) -> Any:
+    """The TCOT tags recorded with an exported adapter (defaults when it has none)."""
+    from jaxtrans.data.formats import Tags
+
+    info_path = os.path.join(adapter, info_name)
+    if not os.path.isfile(info_path):
+        return Tags()
+    with open(info_path) as f:
+        try:
+            info = json.load(f)
+        except json.JSONDecodeError as e:
+            raise JaxtransError(f"{info_path} is not valid JSON ({e}); export the adapter again") from None
+    return Tags(**info.get("tags", {}))

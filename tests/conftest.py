@@ -5,11 +5,18 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (test extra) is for deviceless TPU compiles, not a backend
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocess runs of the same tiny configs share XLA's persistent compilation cache (one per test session): a
+# re-run then loads its executables instead of compiling them again (about half of a tiny run's time).
+COMPILE_CACHE_ENV = {
+    "JAX_COMPILATION_CACHE_DIR": __import__("tempfile").mkdtemp(prefix="jaxtrans-test-xla-cache-"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+}
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 
@@ -54,3 +61,17 @@ def tiny_hf_model(tmp_path, model_type: str = "llama", seed: int = 0, **override
     path = os.path.join(str(tmp_path), f"{model_type}-{seed}")
     model.save_pretrained(path)
     return model, path
+
+
+@pytest.fixture(scope="session")
+def smol_tiny(tmp_path_factory) -> str:
+    """A random tiny Llama directory that speaks SmolLM2's tokenizer (byte-level BPE with a chat template)."""
+    from jaxtrans.pretrained import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve("embedded:smollm2"))
+    _, path = tiny_hf_model(
+        tmp_path_factory.mktemp("smol_tiny"), vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+        max_position_embeddings=512, tie_word_embeddings=True,
+    )  # fmt: skip
+    tok.save_pretrained(path)
+    return path

@@ -10,8 +10,8 @@ import pytest
 
 from jaxtrans.config import component, source
 from jaxtrans.data.generated import cached_generate
+from jaxtrans.data.mixture import Component, Fillers, Language, build_rows, read_component
 from jaxtrans.data.sources import ReadStats, Source, read
-from jaxtrans.data.stages import Component, Fillers, Language, build_rows, read_component
 from jaxtrans.errors import JaxtransError
 
 
@@ -154,7 +154,7 @@ def test_generation_cache_resumes_without_duplicates_or_losses(tmp_path):
 
 
 def test_streaming_rows_are_deterministic_and_resume_exactly(tmp_path, tokenizer):
-    from jaxtrans.data.stages import stream_rows
+    from jaxtrans.data.mixture import stream_rows
     from jaxtrans.train.data import StreamingBatches
 
     a = _write(tmp_path / "a.txt", "".join(f"line {i} of a\n" for i in range(30)))

@@ -79,8 +79,8 @@ def test_recovery_logits_rows_and_bad_settings(shared_data, tmp_path):
     import json
     import os
 
+    from jaxtrans.data.mixture import Component, Language, encode
     from jaxtrans.data.sources import Source
-    from jaxtrans.data.stages import Component, Language, encode
     from jaxtrans.vocab.base import load_tokenizer
 
     tok = load_tokenizer("embedded:smollm2")

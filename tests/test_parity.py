@@ -78,8 +78,8 @@ def _check_export_layout(model, path):
     from flax import traverse_util
     from safetensors.numpy import load_file
 
-    from jaxtrans.checkpoint.loader import hf_layout
     from jaxtrans.model.config import from_hf_config, to_hf_config
+    from jaxtrans.weights.loader import hf_layout
 
     assert from_hf_config(to_hf_config(model.config)) == model.config
     saved = load_file(os.path.join(path, "model.safetensors"))

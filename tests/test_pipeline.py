@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.choice_data import FILENAME, write_choice_file
-from tests.conftest import REPO, tiny_hf_model
+from tests.conftest import COMPILE_CACHE_ENV, REPO, tiny_hf_model
 
 CONFIG = os.path.join(REPO, "tests", "tiny_pipeline.py")
 
@@ -38,7 +38,8 @@ def tiny_model(tmp_path_factory, shared_data):
 
 def _main(model: str, out: str, *extra: str, timeout: int = 600, wait: bool = True):
     cmd = [sys.executable, "-m", "jaxtrans.main", f"--config={CONFIG}:{model}", f"--config.output_dir={out}", *extra]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           **COMPILE_CACHE_ENV}  # fmt: skip
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -117,3 +118,32 @@ def test_sigterm_mid_stage_resumes_to_the_same_adapters(full_run, tiny_model, tm
     assert resumed["stages"]["transfer"]["digest_out"] == reference["stages"]["transfer"]["digest_out"]
     steps = [json.loads(line)["step"] for line in open(metrics)]
     assert steps[-1] == 3
+
+
+def test_a_new_stage_kind_is_one_module_and_one_registration(tiny_model, tmp_path, shared_data):
+    from ml_collections import config_dict
+
+    from jaxtrans import pipeline
+    from jaxtrans.config import component, run_defaults, source, train_stage
+    from jaxtrans.errors import JaxtransError
+    from tests import note_stage
+
+    cfg = run_defaults()
+    cfg.model.path, cfg.output_dir, cfg.progress = tiny_model, str(tmp_path / "out"), False
+    cfg.lora.rank, cfg.lora.alpha = 2, 4.0
+    pairs = source(os.path.join(shared_data, "en-th-talpco", "talpco_en_th.jsonl"), columns={"src": "en", "tgt": "th"})
+    cfg.curriculum = ("sft", "note")
+    cfg.stages = config_dict.ConfigDict({
+        "sft": train_stage({"pairs": component("translate", pairs)}, steps=1, seq_len=64, batch_size=8),
+        "note": {"kind": "note", "text": "hello"},
+    })  # fmt: skip
+    with pytest.raises(JaxtransError, match="kind 'note' is not one of vocab, train, eval"):
+        pipeline.check(cfg)
+    pipeline.register("note", note_stage)
+    try:
+        report = pipeline.run(cfg)
+    finally:
+        pipeline.STAGE_KINDS.pop("note")
+    assert report["notes"]["note"] == {"after": ["sft"], "state": report["stages"]["sft"]["digest_out"]}
+    with open(os.path.join(cfg.output_dir, "stages", "note", "note.txt")) as f:
+        assert f.read() == f"hello {report['stages']['sft']['digest_out']}\n"

@@ -68,3 +68,121 @@ def test_plan_errors_before_compiling():
         _plan("configs/thai.py:llama2_7b", {"mesh.data": 8, "stages.transfer.batch_size": 12}, devices=8)
     with pytest.raises(AssertionError, match="needs 3 devices but 8 are available"):
         _plan("configs/thai.py:llama2_7b", {"mesh.data": 3}, devices=8)
+
+
+# ---------------------------------------------------------------- FLOPs from the shapes
+
+
+def _unrolled_step_flops(cfg, adapters, rows: int, seq: int) -> float:
+    """XLA's count of a LoRA forward+backward on a model without scan, accumulation or chunked loops."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from jaxtrans.model import llama
+
+    model = llama.Llama(cfg, adapters, scan_layers=False)
+    variables = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
+    params = variables.pop("params")
+    tokens = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
+
+    def loss(trainable, params, tokens):
+        seg = jnp.ones_like(tokens)
+        total, _ = model.apply({"params": params, **trainable}, tokens, seg, None, tokens, seg, method="loss")
+        return total
+
+    cost = jax.jit(jax.grad(loss)).lower(variables, params, tokens).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+@pytest.mark.parametrize("targets, new_tokens, tie", [("all-linear", 64, False), ("q,v", 0, True)])
+def test_analytic_flops_equal_xlas_count_on_an_unrolled_model(targets, new_tokens, tie):
+    from jaxtrans.costs import step_flops
+    from jaxtrans.model import llama
+    from jaxtrans.model.config import ModelConfig, RopeConfig
+    from jaxtrans.model.lora import LoraConfig
+
+    cfg = ModelConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=64, rope=RopeConfig(head_dim=64), tie_embeddings=tie)  # fmt: skip
+    adapters = llama.Adapters(lora=LoraConfig.make(8, 16.0, 0.0, targets), new_tokens=new_tokens)
+    rows, seq = 2, 128
+    xla = _unrolled_step_flops(cfg, adapters, rows, seq)
+    ours = step_flops(cfg, adapters, rows * seq, seq)
+    print(f"analytic {ours.total:.4g} vs XLA {xla:.4g}: {ours.total / xla:.4f}")
+    assert abs(ours.total / xla - 1) <= 0.05
+
+
+def test_the_7b_plan_counts_every_layer():
+    """XLA's count of the scanned step saw one layer (2.9 TFLOP); the shapes say what a 2,048-token step costs."""
+    from jaxtrans.costs import step_flops
+    from jaxtrans.model import llama
+    from jaxtrans.model.lora import LoraConfig
+    from jaxtrans.plan import model_config
+
+    cfg = model_config("meta-llama/Llama-2-7b-hf", remat="full")
+    adapters = llama.Adapters(lora=LoraConfig.make(64, 128.0, 0.0, "all-linear"), quantized=True)
+    flops = step_flops(cfg, adapters, 2048, 2048)
+    forward = 2 * cfg.num_params * 2048
+    assert flops.total >= 55e12 and flops.forward >= 0.95 * forward
+    assert 3.0 <= flops.total / forward <= 3.6  # forward, input gradients, the forward again under remat
+
+
+# ---------------------------------------------------------------- the TPU compiler, without a TPU
+
+needs_libtpu = pytest.mark.skipif(
+    not __import__("jaxtrans.topology", fromlist=["has_libtpu"]).has_libtpu(),
+    reason="libtpu is not installed (pip install libtpu==0.0.42.1; the test extra installs it)",
+)
+
+
+def _tiny_tpu_config(model_dir: str, mesh: tuple[int, int, int]):
+    from jaxtrans.config import load_file
+
+    cfg = load_file(os.path.join(REPO, "tests", "tiny_two_stages.py") + ":" + model_dir).unlock()
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = mesh
+    cfg.model.attention, cfg.model.remat = "flash", "full"
+    for stage in ("a", "b"):
+        cfg.stages[stage].seq_len, cfg.stages[stage].batch_size = 512, 8
+    return cfg
+
+
+@needs_libtpu
+@pytest.mark.parametrize("mesh", [(1, 4, 1), (2, 2, 1)])
+def test_the_train_step_compiles_for_a_v5e_slice_with_pallas_flash_attention(smol_tiny, mesh):
+    from jaxtrans import plan
+
+    cfg = _tiny_tpu_config(smol_tiny, mesh)
+    devices, compiler = plan._target(cfg, "v5e", "v5e:2x2")
+    assert compiler.startswith("TPU compiler") and all(d.platform == "tpu" for d in devices)
+    trainer, stage = plan._trainer(cfg, devices)
+    compiled, _, state, _ = plan._compile(trainer, stage)
+    assert compiled.as_text().count("tpu_custom_call") >= 2  # the Pallas flash kernels, forward and backward
+    import jax
+
+    rules, got = trainer.state_shardings(), compiled.output_shardings[0]
+    for want, have, leaf in zip(jax.tree.leaves(rules), jax.tree.leaves(got), jax.tree.leaves(state), strict=True):
+        assert have.is_equivalent_to(want, leaf.ndim), (want, have)
+    result = plan.plan(cfg, "v5e", topology="v5e:2x2")
+    assert result["per_device_bytes"]["peak"] > 0
+    assert result["peak_over_floor"] <= 1.5, result
+
+
+@needs_libtpu
+def test_tpu_plan_errors_come_before_compiling(smol_tiny, monkeypatch):
+    from jaxtrans import plan, topology
+    from jaxtrans.errors import JaxtransError
+
+    cfg = _tiny_tpu_config(smol_tiny, (1, 4, 1))
+    with pytest.raises(JaxtransError, match="unknown TPU topology 'v5e:3x3'"):
+        plan.plan(cfg, "v5e", topology="v5e:3x3")
+    with pytest.raises(JaxtransError, match="topology v4:2x2x1 is not a v5e slice"):
+        plan.plan(cfg, "v5e", topology="v4:2x2x1")
+    cfg.mesh.fsdp = 8
+    with pytest.raises(JaxtransError, match="needs 8 devices but 4 are available"):
+        plan.plan(cfg, "v5e", topology="v5e:2x2")
+    monkeypatch.setattr(topology, "has_libtpu", lambda: False)
+    with pytest.raises(JaxtransError, match=r"compiling for TPU needs libtpu: pip install libtpu==0.0.42.1"):
+        plan.plan(cfg, "v5e", topology="v5e:2x2")
+    cfg.mesh.fsdp = 1
+    devices, compiler = plan._target(cfg, "v5e", None)  # no topology asked for: the local compiler, labelled
+    assert devices is None and "an estimate, not the TPU's" in compiler and "pip install libtpu" in compiler

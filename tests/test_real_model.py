@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import jaxtrans
-from jaxtrans.infer.chat import chat_ids
+from jaxtrans.data.template import chat_ids
 from jaxtrans.infer.generate import SamplingConfig, generate
 from jaxtrans.pretrained import resolve
 

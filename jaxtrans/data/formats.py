@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxtrans.data.template import render
 from jaxtrans.errors import JaxtransError
-from jaxtrans.infer.chat import render
 
 # Loss-mask values of a training row: 0 not trained, 1 next-token cross-entropy, 2 distilled from the frozen
 # model (recovery_logits; see jaxtrans.train.distill).

@@ -18,7 +18,9 @@ import numpy as np
 
 from jaxtrans.errors import JaxtransError
 
-POLICIES = ("truncate", "skip", "error")
+# split: a pretraining document becomes several rows (jaxtrans.data.mixture); an example that cannot be split
+# (a conversation) is truncated, as with truncate
+POLICIES = ("split", "truncate", "skip", "error")
 _OPEN_ROWS = 8  # first fit among the last few rows: linear time, deterministic
 
 

@@ -70,6 +70,10 @@ class Source:
             raise JaxtransError(f"data format {src.format!r} of {src.path} is not one of {', '.join(FORMATS)}")
         if not src.path:
             raise JaxtransError("a data source has an empty path")
+        for key in ("limit", "skip"):
+            value = getattr(src, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise JaxtransError(f"data source {src.path}: {key}={value!r} must be a whole number >= 0")
         return src
 
     def column(self, role: str) -> str:
@@ -103,6 +107,28 @@ def _files(path: str) -> list[str]:
     if not found:
         raise JaxtransError(f"no data files match {path}; fix the stage's source path")
     return found
+
+
+def content_digest(src: Source, whole_below: int = 1 << 30) -> str:
+    """A hash of what ``src`` reads: every local file's name and bytes (files over ``whole_below`` bytes: size
+    plus the first and last 16 MiB); hub and embedded sources by name (the hub by its revision in the path)."""
+    import hashlib
+
+    if src.path.startswith(("hf:", "embedded:")):
+        return src.path
+    h = hashlib.sha256()
+    for path in _files(src.path) + ([src.aligned] if src.aligned else []):
+        size = os.path.getsize(path)
+        h.update(f"{os.path.basename(path)}:{size}".encode())
+        with open(path, "rb") as f:
+            if size <= whole_below:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+            else:
+                h.update(f.read(1 << 24))
+                f.seek(size - (1 << 24))
+                h.update(f.read())
+    return h.hexdigest()[:16]
 
 
 def _format(path: str, declared: str) -> str:

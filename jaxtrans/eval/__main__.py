@@ -34,7 +34,7 @@ import os
 import sys
 from typing import Any
 
-from jaxtrans.errors import JaxtransError
+from jaxtrans.errors import JaxtransError, number
 from jaxtrans.eval.suite import EvalSpec, evaluate
 
 
@@ -65,9 +65,18 @@ def spec_from_args(args: argparse.Namespace) -> EvalSpec:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from jaxtrans.config import check_output_dir
     from jaxtrans.view import load_view
 
+    number("--limit", args.limit, 1)
+    number("--max_new_tokens", args.max_new_tokens, 1)
+    check_output_dir(args.out)
     spec = spec_from_args(args)
+    if not spec.sources():
+        raise JaxtransError(
+            "nothing to measure: give at least one of --target_text, --en_text, --pairs, --en_prompts, --advbench, "
+            "--answer_questions"
+        )
     spec.check()  # bad data fails before any model is loaded
     view, tags = load_view(args.model, args.adapter)
     baseline = load_view(args.baseline)[0] if args.baseline else None

@@ -126,7 +126,7 @@ class JaxtransLM(TemplateLM):
         return out
 
     def _generate(self, contexts: list[str], kwargs: dict[str, Any]) -> list[str]:
-        from jaxtrans.infer.chat import stop_token_ids
+        from jaxtrans.data.template import stop_token_ids
         from jaxtrans.infer.generate import SamplingConfig, generate
 
         until = kwargs.pop("until", None) or []

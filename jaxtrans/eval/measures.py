@@ -18,7 +18,7 @@ import numpy as np
 from jaxtrans import xla_options
 from jaxtrans.data.formats import encode_text
 from jaxtrans.data.pack import pack
-from jaxtrans.infer.chat import chat_ids, decode_answer
+from jaxtrans.data.template import chat_ids, decode_answer
 from jaxtrans.infer.generate import SamplingConfig, generate
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig

@@ -30,11 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxtrans.checkpoint.loader import hf_layout
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama, lora, nf4
 from jaxtrans.model.config import ModelConfig, to_hf_config
 from jaxtrans.staging import staged_dir
+from jaxtrans.weights.loader import hf_layout
+from jaxtrans.weights.tensors import check_safetensors
 
 _HF_MODULE = {
     "q": "self_attn.q_proj",
@@ -169,7 +170,7 @@ def export_merged(
         hf_cfg["torch_dtype"] = dtype
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-            from jaxtrans.infer.chat import stop_token_ids
+            from jaxtrans.data.template import stop_token_ids
 
             hf_cfg.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
             gen = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": stop_token_ids(tokenizer)}
@@ -233,6 +234,64 @@ def _peft_modules(cfg: ModelConfig, adapters: llama.Adapters, trainable: dict[st
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def _peft_lora_tensors(cfg: ModelConfig, lc: lora.LoraConfig, trained: Any) -> dict[str, np.ndarray]:
+    """PEFT's per-layer ``lora_A`` [r, in] / ``lora_B`` [out, r] from our stacked A [L, *in, r] / B [L, r, *out]."""
+    tensors = {}
+    flat = traverse_util.flatten_dict(jax.device_get(trained))
+    for name in lc.targets:
+        a = np.asarray(flat[("layers", _OUR_PATH[name], name, "a")], np.float32)
+        b = np.asarray(flat[("layers", _OUR_PATH[name], name, "b")], np.float32)
+        for i in range(cfg.num_layers):
+            tensors[f"{_peft_prefix(i, name)}.lora_A.weight"] = np.ascontiguousarray(a[i].reshape(-1, lc.rank).T)
+            tensors[f"{_peft_prefix(i, name)}.lora_B.weight"] = np.ascontiguousarray(b[i].reshape(lc.rank, -1).T)
+    return tensors
+
+
+def _peft_token_tensors(
+    cfg: ModelConfig, n_new: int, trainable: dict[str, Any], modules: dict, tensors: dict[str, np.ndarray]
+) -> dict[str, list[int]] | None:
+    """New-token rows as PEFT ``trainable_tokens`` deltas (added to ``tensors``); their ids, or None.
+
+    A module trained whole (``modules_to_save``) already holds its new rows.
+    """
+    if n_new <= 0:
+        return None
+    token_ids = list(range(cfg.vocab_size, cfg.vocab_size + n_new))
+    rows = jax.device_get(trainable["new_rows"])
+    out = {}
+    if "embed_tokens" not in modules:
+        emb = np.asarray(rows["embedding"], np.float32)[:n_new]
+        tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"] = emb
+        out["embed_tokens"] = token_ids
+    if not cfg.tie_embeddings and "lm_head" not in modules:
+        head = np.asarray(rows["head"], np.float32)[:, :n_new].T
+        tensors["base_model.model.lm_head.token_adapter.trainable_tokens_delta"] = np.ascontiguousarray(head)
+        out["lm_head"] = token_ids
+    return out or None
+
+
+def _peft_config(
+    lc: lora.LoraConfig | None, base_model_name: str, modules: list[str], trainable_tokens: dict | None
+) -> dict[str, Any]:
+    """``adapter_config.json``: LoRA settings, whole modules, trainable token ids."""
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name or None,
+        "r": lc.rank if lc else 8,
+        "lora_alpha": lc.alpha if lc else 8,
+        "lora_dropout": lc.dropout if lc else 0.0,
+        "use_rslora": lc.rslora if lc else False,
+        "target_modules": sorted(_HF_MODULE[t].split(".")[-1] for t in lc.targets) if lc else [],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": modules or None,
+        "trainable_token_indices": trainable_tokens,
+    }
+
+
 def export_peft(
     out_dir: str,
     cfg: ModelConfig,
@@ -256,55 +315,15 @@ def export_peft(
     if adapters.lora is None and adapters.new_tokens == 0 and not trainable.get("base"):
         raise JaxtransError("nothing to export: the run has no LoRA adapters, new-token rows or modules_to_save")
     with _staged(out_dir, overwrite) as tmp:
-        tensors: dict[str, np.ndarray] = {}
         lc = adapters.lora
-        if lc is not None:
-            flat = traverse_util.flatten_dict(jax.device_get(trainable["lora"]))
-            for name in lc.targets:
-                a = np.asarray(flat[("layers", _OUR_PATH[name], name, "a")], np.float32)  # [L, *in, r]
-                b = np.asarray(flat[("layers", _OUR_PATH[name], name, "b")], np.float32)  # [L, r, *out]
-                for i in range(cfg.num_layers):
-                    tensors[f"{_peft_prefix(i, name)}.lora_A.weight"] = np.ascontiguousarray(
-                        a[i].reshape(-1, lc.rank).T
-                    )
-                    tensors[f"{_peft_prefix(i, name)}.lora_B.weight"] = np.ascontiguousarray(
-                        b[i].reshape(lc.rank, -1).T
-                    )
+        tensors = _peft_lora_tensors(cfg, lc, trainable["lora"]) if lc is not None else {}
         modules = _peft_modules(cfg, adapters, trainable)
         for module, weight in modules.items():
             tensors[_PEFT_MODULE_KEY[module]] = weight
         n_new = adapters.new_tokens - adapters.padding_rows
-        token_ids = list(range(cfg.vocab_size, cfg.vocab_size + n_new))
-        trainable_tokens = None
-        if n_new > 0:
-            rows = jax.device_get(trainable["new_rows"])
-            trainable_tokens = {}
-            if "embed_tokens" not in modules:
-                emb = np.asarray(rows["embedding"], np.float32)[:n_new]
-                tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"] = emb
-                trainable_tokens["embed_tokens"] = token_ids
-            if not cfg.tie_embeddings and "lm_head" not in modules:
-                head = np.asarray(rows["head"], np.float32)[:, :n_new].T
-                tensors["base_model.model.lm_head.token_adapter.trainable_tokens_delta"] = np.ascontiguousarray(head)
-                trainable_tokens["lm_head"] = token_ids
-            trainable_tokens = trainable_tokens or None
+        trainable_tokens = _peft_token_tensors(cfg, n_new, trainable, modules, tensors)
         save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
-        config = {
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base_model_name or None,
-            "r": lc.rank if lc else 8,
-            "lora_alpha": lc.alpha if lc else 8,
-            "lora_dropout": lc.dropout if lc else 0.0,
-            "use_rslora": lc.rslora if lc else False,
-            "target_modules": sorted(_HF_MODULE[t].split(".")[-1] for t in lc.targets) if lc else [],
-            "bias": "none",
-            "fan_in_fan_out": False,
-            "inference_mode": True,
-            "init_lora_weights": True,
-            "modules_to_save": sorted(modules) or None,
-            "trainable_token_indices": trainable_tokens,
-        }
+        config = _peft_config(lc, base_model_name, sorted(modules), trainable_tokens)
         with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
             json.dump(config, f, indent=2)
         info: dict[str, Any] = {"base_vocab_size": cfg.vocab_size, "vocab_size": cfg.vocab_size + n_new}
@@ -320,34 +339,8 @@ def export_peft(
     return out_dir
 
 
-def import_peft(adapter_dir: str, cfg: ModelConfig) -> tuple[llama.Adapters, dict[str, Any]]:
-    """(Adapters, trainable) from a PEFT LoRA directory, checked against ``cfg``'s shapes."""
-    from safetensors.numpy import load_file
-
-    config_path = os.path.join(adapter_dir, "adapter_config.json")
-    weights_path = os.path.join(adapter_dir, "adapter_model.safetensors")
-    for p in (config_path, weights_path):
-        if not os.path.isfile(p):
-            raise JaxtransError(f"{adapter_dir} is not a PEFT adapter directory: {os.path.basename(p)} is missing")
-    with open(config_path) as f:
-        pc = json.load(f)
-    if pc.get("peft_type") != "LORA":
-        raise JaxtransError(f"{adapter_dir}: peft_type {pc.get('peft_type')!r} is not LORA")
-    if pc.get("modules_to_save"):
-        raise JaxtransError(
-            f"{adapter_dir} trains whole modules ({pc['modules_to_save']}), which jaxtrans cannot load as an adapter "
-            "yet; merge it with PEFT (merge_and_unload) and load the merged model instead"
-        )
-    tensors = load_file(weights_path)
-    found = {k.split(".lora_A.")[0].split(".")[-1] for k in tensors if ".lora_A." in k}
-    unknown = found - {f"{n}_proj" for n in lora.LINEAR}
-    if unknown:
-        raise JaxtransError(f"{adapter_dir}: LoRA on {sorted(unknown)}; jaxtrans adapts q,k,v,o,gate,up,down only")
-    targets = [n for n in lora.LINEAR if f"{n}_proj" in found]
-    lc = lora.LoraConfig.make(
-        int(pc["r"]), float(pc["lora_alpha"]), 0.0, ",".join(targets), bool(pc.get("use_rslora", False))
-    )
-    adapters = llama.Adapters(lora=lc)
+def _import_lora(adapter_dir: str, cfg: ModelConfig, adapters: llama.Adapters, tensors: dict) -> dict[str, Any]:
+    """Our stacked ``lora`` tree from PEFT's per-layer tensors, each checked against this model's shapes."""
     abstract = traverse_util.flatten_dict(jax.eval_shape(lambda: llama.init_trainable(cfg, adapters)).get("lora", {}))
     flat: dict[tuple, np.ndarray] = {}
     for path, leaf in abstract.items():
@@ -372,21 +365,68 @@ def import_peft(adapter_dir: str, cfg: ModelConfig) -> tuple[llama.Adapters, dic
                 )
             stack.append(w.reshape(per_layer))
         flat[path] = np.stack(stack).astype(leaf.dtype)
-    trainable: dict[str, Any] = {"lora": traverse_util.unflatten_dict(flat)}
-    tokens = pc.get("trainable_token_indices") or {}
-    if tokens:
-        ids = tokens.get("embed_tokens") if isinstance(tokens, dict) else tokens
-        if list(ids) != list(range(cfg.vocab_size, cfg.vocab_size + len(ids))):
-            raise JaxtransError(
-                f"{adapter_dir}: trainable tokens {ids[:3]}... are not new rows after the model's {cfg.vocab_size}; "
-                "only adapters that add new tokens at the end of the vocabulary can be imported"
-            )
-        rows = {"embedding": tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]}
-        if rows["embedding"].shape[1] != cfg.hidden_size:
-            raise JaxtransError(f"{adapter_dir}: new-token rows have width {rows['embedding'].shape[1]}, not "
-                                f"{cfg.hidden_size}; the adapter was trained on a different base model")  # fmt: skip
-        if not cfg.tie_embeddings:
-            rows["head"] = tensors["base_model.model.lm_head.token_adapter.trainable_tokens_delta"].T
-        trainable["new_rows"] = rows
+    return traverse_util.unflatten_dict(flat)
+
+
+def _token_ids(adapter_dir: str, cfg: ModelConfig, tokens: Any) -> list[int]:
+    """PEFT's trainable token ids; only new rows right after the model's vocabulary can be imported."""
+    if not tokens:
+        return []
+    ids = tokens.get("embed_tokens") if isinstance(tokens, dict) else tokens
+    if list(ids) != list(range(cfg.vocab_size, cfg.vocab_size + len(ids))):
+        raise JaxtransError(
+            f"{adapter_dir}: trainable tokens {ids[:3]}... are not new rows after the model's {cfg.vocab_size}; "
+            "only adapters that add new tokens at the end of the vocabulary can be imported"
+        )
+    return list(ids)
+
+
+def _import_rows(adapter_dir: str, cfg: ModelConfig, tensors: dict) -> dict[str, np.ndarray]:
+    rows = {"embedding": tensors["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]}
+    if rows["embedding"].shape[1] != cfg.hidden_size:
+        raise JaxtransError(f"{adapter_dir}: new-token rows have width {rows['embedding'].shape[1]}, not "
+                            f"{cfg.hidden_size}; the adapter was trained on a different base model")  # fmt: skip
+    if not cfg.tie_embeddings:
+        rows["head"] = tensors["base_model.model.lm_head.token_adapter.trainable_tokens_delta"].T
+    return rows
+
+
+def import_peft(adapter_dir: str, cfg: ModelConfig) -> tuple[llama.Adapters, dict[str, Any]]:
+    """(Adapters, trainable) from a PEFT LoRA directory, checked against ``cfg``'s shapes."""
+    from safetensors.numpy import load_file
+
+    config_path = os.path.join(adapter_dir, "adapter_config.json")
+    weights_path = os.path.join(adapter_dir, "adapter_model.safetensors")
+    for p in (config_path, weights_path):
+        if not os.path.isfile(p):
+            raise JaxtransError(f"{adapter_dir} is not a PEFT adapter directory: {os.path.basename(p)} is missing")
+    with open(config_path) as f:
+        try:
+            pc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise JaxtransError(f"{config_path} is not valid JSON ({e}); export the adapter again") from None
+    if not isinstance(pc, dict) or pc.get("peft_type") != "LORA":
+        kind = pc.get("peft_type") if isinstance(pc, dict) else type(pc).__name__
+        raise JaxtransError(f"{adapter_dir}: peft_type {kind!r} is not LORA")
+    check_safetensors(weights_path)
+    if pc.get("modules_to_save"):
+        raise JaxtransError(
+            f"{adapter_dir} trains whole modules ({pc['modules_to_save']}), which jaxtrans cannot load as an adapter "
+            "yet; merge it with PEFT (merge_and_unload) and load the merged model instead"
+        )
+    tensors = load_file(weights_path)
+    found = {k.split(".lora_A.")[0].split(".")[-1] for k in tensors if ".lora_A." in k}
+    unknown = found - {f"{n}_proj" for n in lora.LINEAR}
+    if unknown:
+        raise JaxtransError(f"{adapter_dir}: LoRA on {sorted(unknown)}; jaxtrans adapts q,k,v,o,gate,up,down only")
+    targets = [n for n in lora.LINEAR if f"{n}_proj" in found]
+    lc = lora.LoraConfig.make(
+        int(pc["r"]), float(pc["lora_alpha"]), 0.0, ",".join(targets), bool(pc.get("use_rslora", False))
+    )
+    adapters = llama.Adapters(lora=lc)
+    trainable: dict[str, Any] = {"lora": _import_lora(adapter_dir, cfg, adapters, tensors)}
+    ids = _token_ids(adapter_dir, cfg, pc.get("trainable_token_indices") or {})
+    if ids:
+        trainable["new_rows"] = _import_rows(adapter_dir, cfg, tensors)
         adapters = llama.Adapters(lora=lc, new_tokens=len(ids))
     return adapters, trainable

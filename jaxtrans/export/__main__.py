@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from jaxtrans.config import check_output_dir
 from jaxtrans.errors import JaxtransError
 
 
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> list[str]:
     for out in (args.merged, args.peft):
         if out and os.path.exists(out) and not args.overwrite:
             raise JaxtransError(f"{out} already exists; choose another path or pass --overwrite")
+        if out:
+            check_output_dir(out)
     model, adapter = _inputs(args)
     from jaxtrans.export import ADAPTER_INFO, export_merged, export_peft
     from jaxtrans.view import load_view

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxtrans.data.formats import Tags, recovery_answer
-from jaxtrans.infer.chat import decode_answer, render
+from jaxtrans.data.template import decode_answer, render
 from jaxtrans.infer.tcot import parse
 
 
@@ -56,7 +56,7 @@ class TcotChat:
 
     @classmethod
     def from_view(cls, view: Any, max_new_tokens: int = 256, **kw: Any) -> TcotChat:
-        from jaxtrans.infer.chat import stop_token_ids
+        from jaxtrans.data.template import stop_token_ids
         from jaxtrans.infer.generate import SamplingConfig, generate
 
         stops = stop_token_ids(view.tokenizer)

@@ -9,6 +9,8 @@ on packed batches and decoding from a cache, so there is one mask, tested once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -59,9 +61,6 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask_bts: jax.Array, q_spe
     return jnp.einsum(f"bkgts,{kv_spec}->{q_spec}", probs_bkgts, v)
 
 
-IMPLEMENTATIONS = ("xla", "chunked", "dot_product", "flash")
-
-
 def chunked(
     q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array, chunk: int = 512
 ) -> jax.Array:
@@ -99,12 +98,38 @@ def flash(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, segment_bt: j
     groups = q_btnh.shape[2] // k_btkh.shape[2]
     k_btnh, v_btnh = (jnp.repeat(x, groups, axis=2) for x in (k_btkh, v_btkh))
     to_bnth = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
-    out_bnth = fa.flash_attention(
-        to_bnth(q_btnh),
-        to_bnth(k_btnh),
-        to_bnth(v_btnh),
-        segment_ids=fa.SegmentIds(segment_bt, segment_bt),
-        causal=True,
-        sm_scale=q_btnh.shape[-1] ** -0.5,
+    scale = q_btnh.shape[-1] ** -0.5
+
+    def kernel(q: jax.Array, k: jax.Array, v: jax.Array, seg: jax.Array) -> jax.Array:
+        return fa.flash_attention(q, k, v, segment_ids=fa.SegmentIds(seg, seg), causal=True, sm_scale=scale)
+
+    args = (to_bnth(q_btnh), to_bnth(k_btnh), to_bnth(v_btnh), segment_bt)
+    return to_bnth(_per_shard(kernel, *args))
+
+
+def _per_shard(kernel: Any, q_bnth: jax.Array, k_bnth: jax.Array, v_bnth: jax.Array, seg_bt: jax.Array) -> jax.Array:
+    """Run a Pallas kernel on each device's rows and heads: compilers cannot partition a custom kernel, so
+    under a mesh (``jax.set_mesh``, as the train step sets it) it goes through ``shard_map``, split the way
+    the sharding rules split batches and heads (an axis they do not divide stays whole)."""
+    from jax.sharding import PartitionSpec as P
+
+    from jaxtrans.sharding import DEFAULT_RULES
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q_bnth, k_bnth, v_bnth, seg_bt)
+    rules = dict(DEFAULT_RULES)
+
+    def axes(rule: str, dim: int) -> Any:
+        names = rules.get(rule)
+        names = tuple(a for a in ((names,) if isinstance(names, str) else names or ()) if a in mesh.axis_names)
+        size = 1
+        for a in names:
+            size *= mesh.shape[a]
+        return names if names and dim % size == 0 else None
+
+    b, h = axes("batch", q_bnth.shape[0]), axes("q_heads", q_bnth.shape[1])
+    spec, seg = P(b, h, None, None), P(b, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec, seg), out_specs=spec, check_vma=False)(
+        q_bnth, k_bnth, v_bnth, seg_bt
     )
-    return to_bnth(out_bnth)

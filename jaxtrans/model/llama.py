@@ -36,7 +36,7 @@ from jax import lax
 
 from jaxtrans.model import attention, nf4, rope
 from jaxtrans.model.config import ModelConfig
-from jaxtrans.model.lora import LoraConfig, kaiming_uniform
+from jaxtrans.model.lora import LoraConfig, kaiming_uniform, lora_delta
 from jaxtrans.model.loss import cross_entropy
 
 Array = jax.Array
@@ -110,6 +110,11 @@ def positions_from_segments(segment_bt: Array) -> Array:
     return idx_bt - start_idx_bt
 
 
+# logical axes of the NF4 parts of a kernel: rows of packed codes and absmax bytes shard like blocks
+_NF4_AXES = {"codes": (None, "qblocks"), "absmax_q": ("qblocks", None), "absmax_scale": ("qblocks",),
+             "absmax_mean": (None,)}  # fmt: skip
+
+
 class Proj(nn.Module):
     """A linear map contracting the trailing ``len(in_shape)`` axes of x with the kernel's leading ones.
 
@@ -131,17 +136,21 @@ class Proj(nn.Module):
         if not self.quantized:
             kernel = self.param("kernel", nn.with_logical_partitioning(_INIT, self.axes), shape, self.param_dtype)
             return kernel.astype(self.dtype)
+        return nf4.dequantize(self._nf4(), shape, self.dtype)
+
+    def _nf4(self) -> nf4.NF4:
+        shape = self.in_shape + self.out_shape
         abstract = jax.eval_shape(lambda: nf4.quantize_single(jnp.zeros(shape, jnp.float32)))
         parts = {
             name: self.param(
                 name,
-                nn.with_logical_partitioning(nn.initializers.zeros, ("qblocks",) if name != "absmax_mean" else (None,)),
+                nn.with_logical_partitioning(nn.initializers.zeros, _NF4_AXES[name]),
                 leaf.shape,
                 leaf.dtype,
             )
             for name, leaf in abstract._asdict().items()
         }
-        return nf4.dequantize(nf4.NF4(**parts), shape, self.dtype)
+        return nf4.NF4(**parts)
 
     @nn.compact
     def __call__(self, x: Array, matmul: Any = None) -> Any:
@@ -151,7 +160,15 @@ class Proj(nn.Module):
         x = x.astype(self.dtype)
         if matmul is not None:
             return matmul(x, self._kernel())
-        y = lax.dot_general(x, self._kernel(), (contract, ((), ())))
+        if self.quantized:  # dequantised where it is used, and again in the backward pass: never kept
+            shape, dtype = self.in_shape + self.out_shape, self.dtype
+
+            def dequant_dot(x: Array, q: nf4.NF4) -> Array:
+                return lax.dot_general(x, nf4.dequantize(q, shape, dtype), (contract, ((), ())))
+
+            y = jax.checkpoint(dequant_dot)(x, self._nf4())
+        else:
+            y = lax.dot_general(x, self._kernel(), (contract, ((), ())))
         if self.use_bias:
             out_axes = self.axes[n_in:]
             bias = self.param(
@@ -183,9 +200,7 @@ class Proj(nn.Module):
         ).value
         if c.dropout > 0.0:
             x = nn.Dropout(c.dropout, deterministic=not self.has_rng("dropout"))(x)
-        a, b = nn.meta.unbox(a), nn.meta.unbox(b)
-        xa = lax.dot_general(x, a.astype(self.dtype), (contract, ((), ())))
-        return (xa @ b.astype(self.dtype).reshape(c.rank, -1)).reshape(xa.shape[:-1] + self.out_shape) * c.scale
+        return lora_delta(x, nn.meta.unbox(a), nn.meta.unbox(b), contract, c.scale, self.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -283,7 +298,8 @@ _REMAT_POLICIES = {
 
 
 class Llama(nn.Module):
-    """Decoder-only causal LM. Returns (logits [B, T, V], updated cache or None).
+    """Decoder-only causal LM: ``__call__`` gives (logits [B, T, V], updated cache or None); ``loss`` the
+    (sum of token losses, trained tokens) of a batch.
 
     With ``adapters.new_tokens = n`` the vocabulary is V + n: ids >= V look up
     rows of the ``new_rows`` collection, and logits gain n columns from them.
@@ -293,55 +309,86 @@ class Llama(nn.Module):
     adapters: Adapters = Adapters()
     scan_layers: bool = True  # False: one module per layer (``layers_0`` ...), see ``unstack_layers``
 
-    @nn.compact
     def __call__(
         self,
         tokens_bt: Array,
         segment_bt: Array | None = None,
         positions_bt: Array | None = None,
         cache: KVCache | None = None,
-        targets_bt: Array | None = None,
-        loss_mask_bt: Array | None = None,
         last_logits_only: bool = False,
-    ) -> tuple[Any, KVCache | None]:
-        """(logits [B, T, V], cache); with ``targets_bt`` and ``cfg.loss_chunk``: ((loss sum, tokens), None).
+    ) -> tuple[Array, KVCache | None]:
+        """``last_logits_only`` returns logits [B, 1, V] of the last position (a prefill needs no others)."""
+        return self.forward(tokens_bt, segment_bt, positions_bt, cache, last_logits_only=last_logits_only)
 
-        The second form never builds all logits at once: the head and the loss run
-        ``loss_chunk`` positions at a time, each block rematerialised in the
-        backward pass (the [T, V] logits are the largest activation of a LoRA step).
-        ``last_logits_only`` returns logits [B, 1, V] of the last position (a prefill needs no others).
+    def loss(
+        self, tokens_bt: Array, segment_bt: Array, positions_bt: Array, targets_bt: Array, loss_mask_bt: Array
+    ) -> tuple[Array, Array]:
+        """(sum of next-token losses where ``loss_mask_bt``, number of those tokens).
+
+        With ``cfg.loss_chunk`` the head and the loss run ``loss_chunk`` positions
+        at a time, each block rematerialised in the backward pass: the [T, V]
+        logits, the largest activation of a LoRA step, are never whole.
         """
+        return self.forward(tokens_bt, segment_bt, positions_bt, loss=(targets_bt, loss_mask_bt))
+
+    @nn.compact
+    def forward(
+        self,
+        tokens_bt: Array,
+        segment_bt: Array | None,
+        positions_bt: Array | None,
+        cache: KVCache | None = None,
+        last_logits_only: bool = False,
+        loss: tuple[Array, Array] | None = None,
+    ) -> Any:
+        """The shared body of ``__call__`` (``loss`` None) and ``loss`` (targets and mask given)."""
         c = self.cfg
         b, t = tokens_bt.shape
-        if segment_bt is None:
-            segment_bt = jnp.ones((b, t), jnp.int32)
-        segment_bt = segment_bt.astype(jnp.int32)
+        segment_bt = (jnp.ones((b, t), jnp.int32) if segment_bt is None else segment_bt).astype(jnp.int32)
         if positions_bt is None:
             positions_bt = positions_from_segments(segment_bt)
-
         embedding_vd = self.param(
-            "embedding",
-            nn.with_logical_partitioning(_INIT, ("vocab", "embed")),
-            (c.vocab_size, c.hidden_size),
+            "embedding", nn.with_logical_partitioning(_INIT, ("vocab", "embed")), (c.vocab_size, c.hidden_size),
             c.param_dtype,
-        )
-        n_new = self.adapters.new_tokens
-        x_btd = jnp.take(embedding_vd, jnp.minimum(tokens_bt, c.vocab_size - 1), axis=0).astype(c.dtype)
-        if n_new:
-            new_embed_nd = self.variable(
-                "new_rows",
-                "embedding",
-                lambda: nn.with_logical_partitioning(_INIT, ("new_vocab", "embed"))(
-                    self.make_rng("params"), (n_new, c.hidden_size), jnp.float32
-                ),
-            ).value
-            new_btd = jnp.take(new_embed_nd, jnp.clip(tokens_bt - c.vocab_size, 0, n_new - 1), axis=0)
-            x_btd = jnp.where((tokens_bt >= c.vocab_size)[..., None], new_btd.astype(c.dtype), x_btd)
+        )  # fmt: skip
+        new_embed_nd = self._new_rows("embedding", ("new_vocab", "embed"), (self.adapters.new_tokens, c.hidden_size))
+        x_btd = self._embed(tokens_bt, embedding_vd, new_embed_nd)
+        x_btd, cache = self._layers(x_btd, segment_bt, positions_bt, cache)
+        if last_logits_only:
+            x_btd = x_btd[:, -1:]
+        x_btd = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x_btd)
+        head = self._head(x_btd, embedding_vd, new_embed_nd)
+        if loss is None:
+            return head(x_btd), cache
+        targets_bt, mask_bt = loss
+        if not c.loss_chunk:
+            return cross_entropy(head(x_btd), targets_bt, mask_bt)
+        return _chunked_loss(head, x_btd, targets_bt, mask_bt, c.loss_chunk)
 
+    def _new_rows(self, name: str, axes: tuple[str, str], shape: tuple[int, int]) -> Array | None:
+        """A ``new_rows`` table (trainable rows of the added tokens), or None without new tokens."""
+        if not self.adapters.new_tokens:
+            return None
+        init = nn.with_logical_partitioning(_INIT, axes)
+        return self.variable("new_rows", name, lambda: init(self.make_rng("params"), shape, jnp.float32)).value
+
+    def _embed(self, tokens_bt: Array, embedding_vd: Array, new_embed_nd: Array | None) -> Array:
+        c, n_new = self.cfg, self.adapters.new_tokens
+        x_btd = jnp.take(embedding_vd, jnp.minimum(tokens_bt, c.vocab_size - 1), axis=0).astype(c.dtype)
+        if new_embed_nd is None:
+            return x_btd
+        new_btd = jnp.take(new_embed_nd, jnp.clip(tokens_bt - c.vocab_size, 0, n_new - 1), axis=0)
+        return jnp.where((tokens_bt >= c.vocab_size)[..., None], new_btd.astype(c.dtype), x_btd)
+
+    def _layers(
+        self, x_btd: Array, segment_bt: Array, positions_bt: Array, cache: KVCache | None
+    ) -> tuple[Array, KVCache | None]:
+        """Every decoder layer (scanned, or one module each), with the attention mask and rotary tables."""
+        c = self.cfg
+        t = x_btd.shape[1]
         q_slot_t = jnp.arange(t, dtype=jnp.int32)
         if cache is None:
-            kv_slot_s, kv_segment_bs, index = q_slot_t, segment_bt, jnp.zeros((), jnp.int32)
-            layer_kv = None
+            kv_slot_s, kv_segment_bs, index, layer_kv = q_slot_t, segment_bt, jnp.zeros((), jnp.int32), None
         else:
             index = cache.index
             q_slot_t = q_slot_t + index
@@ -351,19 +398,14 @@ class Llama(nn.Module):
         cos_bth, sin_bth = rope.cos_sin(c.rope, positions_bt, c.dtype)
         mask_bts = attention.mask(q_slot_t, kv_slot_s, segment_bt, kv_segment_bs, c.sliding_window)
         ctx = LayerContext(cos_bth, sin_bth, mask_bts, index, segment_bt)
-
         block = Block
         if c.remat != "none":
             block = nn.remat(Block, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
         if self.scan_layers:
             stack = nn.scan(
-                block,
-                variable_axes={"params": 0, "lora": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, 0),
-                length=c.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
+                block, variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, 0), length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"},
+            )  # fmt: skip
             x_btd, layer_kv = stack(c, self.adapters, name="layers")(x_btd, ctx, layer_kv)
         else:
             kvs = []
@@ -373,25 +415,25 @@ class Llama(nn.Module):
                 kvs.append(kv_i)
             if layer_kv is not None:
                 layer_kv = (tuple(k for k, _ in kvs), tuple(v for _, v in kvs))
-        if last_logits_only:
-            x_btd = x_btd[:, -1:]
-        x_btd = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x_btd)
+        if cache is None:
+            return x_btd, None
+        return x_btd, KVCache(layer_kv[0], layer_kv[1], kv_segment_bs, index + t)
 
-        new_head_dn = None
-        if n_new:
-            if c.tie_embeddings:
-                new_head_dn = new_embed_nd.T
-            else:
-                new_head_dn = self.variable(
-                    "new_rows",
-                    "head",
-                    lambda: nn.with_logical_partitioning(_INIT, ("embed", "new_vocab"))(
-                        self.make_rng("params"), (c.hidden_size, n_new), jnp.float32
-                    ),
-                ).value
+    def _head(self, x_btd: Array, embedding_vd: Array, new_embed_nd: Array | None) -> Any:
+        """hidden states -> logits of the base vocabulary and the new rows (padding rows at -1e9)."""
+        c, n_new = self.cfg, self.adapters.new_tokens
+        if c.tie_embeddings:
+            tied_vd = embedding_vd.astype(c.dtype)
+            base_logits = lambda x: jnp.einsum("...d,vd->...v", x, tied_vd)  # noqa: E731
+            new_head_dn = None if new_embed_nd is None else new_embed_nd.T
+        else:
+            lm_head = Proj((c.hidden_size,), (c.vocab_size,), ("embed", "vocab"), dtype=c.dtype,
+                           param_dtype=c.param_dtype, name="lm_head")  # fmt: skip
+            kernel_dv = lm_head(x_btd, matmul=lambda _, w: w)
+            base_logits = lambda x: _dense(x, kernel_dv)  # noqa: E731
+            new_head_dn = self._new_rows("head", ("embed", "new_vocab"), (c.hidden_size, n_new))
 
-        def head(x: Array, base_logits: Any) -> Array:
-            """Logits of the base vocabulary and the new rows (padding rows at -1e9) for hidden states x."""
+        def head(x: Array) -> Array:
             logits = base_logits(x)
             if new_head_dn is None:
                 return logits
@@ -400,32 +442,7 @@ class Llama(nn.Module):
                 new = jnp.where(jnp.arange(n_new) >= n_new - self.adapters.padding_rows, -1e9, new)
             return jnp.concatenate([logits, new.astype(logits.dtype)], axis=-1)
 
-        def head_or_loss(x: Array, base_logits: Any) -> Any:
-            if targets_bt is None or not c.loss_chunk:
-                return head(x, base_logits)
-            return _chunked_loss(lambda xc: head(xc, base_logits), x, targets_bt, loss_mask_bt, c.loss_chunk)
-
-        if c.tie_embeddings:
-            tied_vd = embedding_vd.astype(c.dtype)
-            out = head_or_loss(x_btd, lambda x: jnp.einsum("...d,vd->...v", x, tied_vd))
-        else:
-            lm_head = Proj(
-                (c.hidden_size,),
-                (c.vocab_size,),
-                ("embed", "vocab"),
-                dtype=c.dtype,
-                param_dtype=c.param_dtype,
-                name="lm_head",
-            )
-            out = lm_head(x_btd, matmul=lambda x, w: head_or_loss(x, lambda xc: _dense(xc, w)))
-        if targets_bt is not None and c.loss_chunk:
-            return out, None
-        logits_btv = out
-
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(layer_kv[0], layer_kv[1], kv_segment_bs, index + t)
-        return logits_btv, new_cache
+        return head
 
 
 def unstack_layers(variables: dict[str, Any]) -> dict[str, Any]:
@@ -467,13 +484,19 @@ def _chunked_loss(head: Any, x_btd: Array, targets_bt: Array, mask_bt: Array, ch
     return jnp.sum(sums), jnp.sum(counts)
 
 
+def _for_init(cfg: ModelConfig) -> ModelConfig:
+    """Initialising runs one token through the model: the reference attention (a fused kernel wants blocks of
+    tokens); the parameters are the same whatever attention runs later."""
+    return dataclasses.replace(cfg, attention="xla") if cfg.attention != "xla" else cfg
+
+
 @functools.cache
 def abstract_variables(cfg: ModelConfig, adapters: Adapters = Adapters()) -> dict[str, Any]:
     """Every collection's shapes, dtypes and logical axes (``nn.LogicallyPartitioned``), nothing allocated.
 
     Cached: both configs are frozen, and every caller builds new trees from the result rather than changing it.
     """
-    model = Llama(cfg, adapters)
+    model = Llama(_for_init(cfg), adapters)
     tokens = jnp.zeros((1, 1), jnp.int32)
     return dict(jax.eval_shape(lambda: model.init(jax.random.key(0), tokens)))
 
@@ -485,13 +508,13 @@ def abstract_params(cfg: ModelConfig, adapters: Adapters = Adapters()) -> Any:
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> Any:
     """Random base parameters (unboxed), for tests and from-scratch experiments."""
-    variables = Llama(cfg).init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))
+    variables = Llama(_for_init(cfg)).init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))
     return nn.meta.unbox(variables["params"])
 
 
 def init_trainable(cfg: ModelConfig, adapters: Adapters, seed: int = 0, shardings: Any = None) -> dict[str, Any]:
     """Fresh ``lora`` and ``new_rows`` collections; the base init is dead code that jit removes."""
-    model = Llama(cfg, adapters)
+    model = Llama(_for_init(cfg), adapters)
 
     def init() -> dict[str, Any]:
         variables = model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))

@@ -62,6 +62,17 @@ def kaiming_uniform(key: jax.Array, shape: tuple[int, ...], dtype: Any, fan_in: 
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, contract: tuple, scale: float, dtype: Any) -> jax.Array:
+    """The adapter's contribution ``s * x A B`` to a projection's output, in the compute ``dtype``.
+
+    ``contract`` is the ``dot_general`` contraction of x's trailing axes with A's
+    leading ones (the projection's input axes); B's trailing axes are the output's.
+    """
+    rank = a.shape[-1]
+    xa = jax.lax.dot_general(x, a.astype(dtype), (contract, ((), ())))
+    return (xa @ b.astype(dtype).reshape(rank, -1)).reshape(xa.shape[:-1] + b.shape[1:]) * scale
+
+
 def delta(a: jax.Array, b: jax.Array, cfg: LoraConfig, n_in: int) -> jax.Array:
     """The dense update s * A B in the base kernel's layout, for a stack [L, ...] or a single layer."""
     stacked = a.ndim - n_in == 2  # [L, *in, r]

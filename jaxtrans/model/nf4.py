@@ -8,8 +8,8 @@ again ("double quantisation"): their mean is subtracted and each group of 256
 is stored as int8 with one float32 scale. Storage per weight:
 0.5 + 1/64 + 4/(64*256) ≈ 0.516 bytes.
 
-Dequantisation runs inside the layer, in the compute dtype, so a 4-bit base
-costs one gather and one multiply per weight per step.
+Dequantisation runs inside the layer, in the compute dtype, fused into one
+elementwise pass (a select tree on the code bits and one multiply per weight).
 """
 
 from __future__ import annotations
@@ -44,11 +44,22 @@ def nf4_codebook() -> np.ndarray:
 CODEBOOK = nf4_codebook()
 
 
-class NF4(NamedTuple):
-    """One quantised tensor (or a stack of them along a leading layers axis)."""
+LANES = 128  # bytes per row of the stored codes and absmax constants
 
-    codes: jax.Array  # uint8 [..., nb*32]: two 4-bit codes per byte, nb = ceil(n/64) blocks
-    absmax_q: jax.Array  # int8 [..., ceil(nb/256)*256]
+
+class NF4(NamedTuple):
+    """One quantised tensor (or a stack of them along a leading layers axis).
+
+    The byte arrays are laid out in rows of 128: on TPU, 8-bit arrays are tiled
+    (32, 128) over their last two axes, so with a flat [layers, bytes] layout one
+    layer's slice cut through tiles and the compiler copied the whole stack to
+    another layout (2.8 GiB for a 7B model); with [layers, rows, 128] a layer is
+    whole tiles.
+    """
+
+    codes: jax.Array  # uint8 [..., 128, nb/4]: [j, r] = codes of values 256r+j (high) and 256r+128+j
+    # (low), nb = ceil(n/256)*4 blocks of 64
+    absmax_q: jax.Array  # int8 [..., ceil(nb/256)*256/128, 128]
     absmax_scale: jax.Array  # float32 [..., ceil(nb/256)]
     absmax_mean: jax.Array  # float32 [..., 1]
 
@@ -70,33 +81,51 @@ def quantize_single(w: jax.Array) -> NF4:
 
 def _quantize(flat_ln: jax.Array) -> NF4:
     lead, n = flat_ln.shape
-    x = jnp.pad(flat_ln.astype(jnp.float32), ((0, 0), (0, _round_up(n, BLOCK) - n)))
+    x = jnp.pad(flat_ln.astype(jnp.float32), ((0, 0), (0, _round_up(n, BLOCK * 4) - n)))  # whole 128-byte rows
     blocks = x.reshape(lead, -1, BLOCK)
     nb = blocks.shape[1]
     absmax = jnp.max(jnp.abs(blocks), axis=-1)  # [lead, nb]
     normed = blocks / jnp.where(absmax == 0, 1.0, absmax)[..., None]
     codes = jnp.argmin(jnp.abs(normed[..., None] - jnp.asarray(CODEBOOK)), axis=-1).astype(jnp.uint8)
-    codes = codes.reshape(lead, -1, 2)
-    packed = (codes[..., 0] << 4) | codes[..., 1]
-    # double quantisation of the absmax constants
-    mean = jnp.mean(absmax, axis=-1, keepdims=True)
-    centred = jnp.pad(absmax - mean, ((0, 0), (0, _round_up(nb, ABSMAX_BLOCK) - nb)))
+    codes = codes.reshape(lead, -1, 2 * LANES)  # rows of 256 values: byte j holds values j (high) and 128 + j
+    packed = (codes[..., :LANES] << 4) | codes[..., LANES:]
+    # double quantisation of the absmax constants, over the blocks that hold values (not the row padding)
+    real = absmax[:, : -(-n // BLOCK)]
+    mean = jnp.mean(real, axis=-1, keepdims=True)
+    centred = jnp.pad(real - mean, ((0, 0), (0, _round_up(nb, ABSMAX_BLOCK) - real.shape[1])))
     centred = centred.reshape(lead, -1, ABSMAX_BLOCK)
     scale = jnp.max(jnp.abs(centred), axis=-1) / 127.0
     q = jnp.round(centred / jnp.where(scale == 0, 1.0, scale)[..., None]).astype(jnp.int8)
-    return NF4(packed, q.reshape(lead, -1), scale, mean)
+    return NF4(packed.swapaxes(-1, -2), q.reshape(lead, -1, LANES), scale, mean)
 
 
 def dequantize(q: NF4, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
     """The float tensor of ``shape`` (without any layer axis) that ``q`` stores, in ``dtype``."""
     n = math.prod(shape)
-    nb = q.codes.shape[-1] // (BLOCK // 2)
+    rows = q.codes.reshape(LANES, -1).T  # [R, 128] bytes = R rows of 256 values = 4 blocks each
+    nb = rows.shape[0] * 2 * LANES // BLOCK
     absmax = q.absmax_q.astype(jnp.float32).reshape(-1, ABSMAX_BLOCK) * q.absmax_scale[:, None]
     absmax = (absmax.reshape(-1)[:nb] + q.absmax_mean).astype(dtype)
-    hi, lo = q.codes >> 4, q.codes & 0x0F
-    codes = jnp.stack([hi, lo], axis=-1).reshape(-1, BLOCK)
-    values = jnp.asarray(CODEBOOK, dtype)[codes] * absmax[:, None]
+    # no axis of 2 (TPU pads a minor axis to 128 lanes): the two halves of a row, then the row's four scales.
+    # The layout copies this form avoids are fragile: a one-hot product or a lane select for the scales made
+    # the TPU compiler copy every stacked codes array again (+2.9 GiB for a 7B step; docs/benchmarks.md).
+    values = jnp.concatenate([lookup(rows >> 4, dtype), lookup(rows & 0x0F, dtype)], axis=-1)
+    values = values * jnp.repeat(absmax.reshape(-1, 2 * LANES // BLOCK), BLOCK, axis=1)
     return values.reshape(-1)[:n].reshape(shape)
+
+
+def lookup(codes: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """``CODEBOOK[codes]`` as a tree of selects on the code's four bits.
+
+    The same values as a gather, but elementwise: the compiler fuses it with the
+    unpacking and scaling into one pass, where a 16-entry gather became (on TPU)
+    a dozen weight-sized mask and index buffers per kernel.
+    """
+    level = [jnp.asarray(v, dtype) for v in CODEBOOK]
+    for bit in range(4):
+        set_ = ((codes >> bit) & 1).astype(bool)
+        level = [jnp.where(set_, level[2 * i + 1], level[2 * i]) for i in range(len(level) // 2)]
+    return level[0]
 
 
 def storage_bytes(q: NF4) -> int:

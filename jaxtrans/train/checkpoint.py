@@ -49,9 +49,6 @@ class Checkpointer:
         )
         return restored["state"], restored["meta"]
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

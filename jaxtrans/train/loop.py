@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import time
@@ -23,24 +22,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from jaxtrans import devices
 from jaxtrans.errors import JaxtransError
 from jaxtrans.train.checkpoint import Checkpointer
 from jaxtrans.train.step import Trainer, TrainState
-
-# Dense bf16 peak FLOP/s per device, for MFU (by jax's device_kind)
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H200": 989e12,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +38,15 @@ class LoopConfig:
     async_save: bool = True
     progress: bool = True
     desc: str = "train"
+    skip_nonfinite_steps: int = 0  # non-finite steps in a row that are skipped (no update) before the run stops
+
+
+class NonFiniteError(JaxtransError):
+    """The loss or gradients stopped being finite; nothing non-finite was saved."""
+
+    def __init__(self, message: str, step: int, last_checkpoint: int | None):
+        super().__init__(message)
+        self.step, self.last_checkpoint = step, last_checkpoint
 
 
 class MetricsWriter:
@@ -82,6 +76,20 @@ class MetricsWriter:
             self.tb.close()
 
 
+def read_losses(path: str) -> dict[int, float]:
+    """Training loss by step from a ``metrics.jsonl`` (in step order; a resumed run's rewrites of the steps
+    after its checkpoint win). Empty when the file does not exist."""
+    if not os.path.isfile(path):
+        return {}
+    by_step: dict[int, float] = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if "loss" in row:
+                by_step[row["step"]] = row["loss"]
+    return dict(sorted(by_step.items()))
+
+
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks at step boundaries."""
 
@@ -105,7 +113,7 @@ class _Preemption:
 
 
 def peak_flops() -> float | None:
-    return PEAK_FLOPS.get(jax.devices()[0].device_kind)
+    return devices.peak_flops(jax.devices()[0].device_kind)
 
 
 def train(
@@ -122,16 +130,9 @@ def train(
 ) -> TrainState:
     """Train until ``loop.total_steps``, resuming from ``run_dir/checkpoints`` if it holds a step."""
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), loop.max_to_keep, loop.async_save)
-    shardings = trainer.state_shardings()
-    if init_trainable is not None:
-        state = trainer.make_state(base, init_trainable, seed)
-    else:
-        state = trainer.init_state(base, seed)
-    if ckpt.latest_step() is not None:
-        state, saved = ckpt.restore(state, shardings)
-        data.restore(saved["data"])
+    state = _initial_state(trainer, base, data, ckpt, init_trainable, seed)
     jitted_step = trainer.compiled_step(base)
-    step_fn = None  # compiled ahead of time on the first batch: that one executable also gives the FLOP count
+    step_fn = None  # compiled ahead of time on the first batch
     batch_sharding = trainer.batch_sharding()
     flops = None
     writer = MetricsWriter(run_dir)
@@ -147,26 +148,18 @@ def train(
                 total=loop.total_steps, initial=start, desc=loop.desc, disable=not loop.progress or not writer.active
             ) as bar,
         ):
-            step = start
+            step, bad_run = start, 0
             while step < loop.total_steps:
                 local = next(data)
                 batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
                 if step_fn is None:
                     step_fn = jitted_step.lower(state, base, batch).compile()
-                    flops = _step_flops(step_fn)
+                    flops = _step_flops(trainer, batch["tokens"].shape)
                 t0 = time.perf_counter()
                 state, metrics = step_fn(state, base, batch)
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                seconds = time.perf_counter() - t0
                 step += 1
-                if not math.isfinite(metrics["loss"]):
-                    raise JaxtransError(
-                        f"loss is {metrics['loss']} at step {step}; stopped without saving this state "
-                        f"(last good checkpoint: step {ckpt.latest_step()}); lower the learning rate or check the data"
-                    )
-                metrics["tokens_per_s"] = metrics["tokens"] / seconds
-                if flops and peak_flops():
-                    metrics["mfu"] = flops / seconds / (peak_flops() * jax.device_count())
+                bad_run = 0 if bool(jax.device_get(metrics["finite"])) else bad_run + 1
+                metrics = _step_metrics(metrics, time.perf_counter() - t0, flops, step, ckpt, bad_run, loop)
                 if step % loop.log_every == 0 or step == loop.total_steps:
                     writer.write(step, metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
@@ -185,12 +178,44 @@ def train(
     return state
 
 
-def _step_flops(compiled: Any) -> float | None:
-    """FLOPs of one compiled step from XLA's cost analysis (None where the backend gives none)."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # cost analysis is best effort on some backends
-        return None
-    if isinstance(cost, list):
-        cost = cost[0] if cost else {}
-    return float(cost.get("flops", 0.0)) or None
+def _initial_state(
+    trainer: Trainer, base: Any, data: Any, ckpt: Checkpointer, init_trainable: dict | None, seed: int
+) -> TrainState:
+    """The given (or fresh) trainable state at step 0, or the latest checkpoint's, with the data position."""
+    if init_trainable is not None:
+        state = trainer.make_state(base, init_trainable, seed)
+    else:
+        state = trainer.init_state(base, seed)
+    if ckpt.latest_step() is not None:
+        state, saved = ckpt.restore(state, trainer.state_shardings())
+        data.restore(saved["data"])
+    return state
+
+
+def _step_metrics(metrics: dict, seconds: float, flops: float | None, step: int, ckpt: Checkpointer,
+                  bad_run: int, loop: LoopConfig) -> dict:  # fmt: skip
+    """Host floats of a step's metrics plus speed. A step that was not finite changed nothing (see the step);
+    more than ``loop.skip_nonfinite_steps`` of them in a row stop the run, its last finite checkpoint kept."""
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not metrics["finite"] and bad_run > loop.skip_nonfinite_steps:
+        last = ckpt.latest_step()
+        raise NonFiniteError(
+            f"loss is {metrics['loss']:.6g} at step {step}; gradient norm {metrics['grad_norm']:.6g}: not finite, so "
+            f"the step changed nothing and stage {loop.desc!r} stopped (last good checkpoint: step {last}, all "
+            "finite); lower the learning rate and re-run (the stage is retrained from its start), or set "
+            "skip_nonfinite_steps",
+            step, last,
+        )  # fmt: skip
+    metrics["tokens_per_s"] = metrics["tokens"] / seconds
+    if flops and peak_flops():
+        metrics["mfu"] = flops / seconds / (peak_flops() * jax.device_count())
+    return metrics
+
+
+def _step_flops(trainer: Trainer, shape: tuple[int, ...]) -> float:
+    """FLOPs of one step over a global batch [accum, rows, length], counted from the shapes (``jaxtrans.costs``):
+    XLA's cost analysis sees a scanned layer once, so an MFU from it would be low by about the layer count."""
+    from jaxtrans.costs import step_flops
+
+    accum, rows, length = shape
+    return step_flops(trainer.cfg, trainer.adapters, accum * rows * length, length, trainer.modules_to_save).total

@@ -18,14 +18,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from jaxtrans import sharding as shd
 from jaxtrans import xla_options
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
-from jaxtrans.model.loss import cross_entropy, token_nll  # noqa: F401  (re-exported)
+from jaxtrans.model.loss import cross_entropy
 from jaxtrans.train.distill import KD_MASK, DistillConfig, divergence
 from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
 
@@ -80,7 +80,7 @@ class Trainer:
         return {k: shd.logical_to_sharding(v, self.mesh, self.rules) for k, v in self._abstract_trainable(True).items()}
 
     def batch_sharding(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec(None, ("data", "fsdp"), None))
+        return shd.batch_sharding(self.mesh, self.rules)
 
     def state_shardings(self) -> TrainState:
         """Shardings of a TrainState: optimizer moments follow their parameters, scalars are replicated."""
@@ -143,14 +143,10 @@ class Trainer:
         adapters = {k: v for k, v in trainable.items() if k != "base"}
         variables = {"params": {**base, **trainable.get("base", {})}, **adapters}
         args = (micro["tokens"], micro["segment_ids"], micro["positions"])
-        if self.cfg.loss_chunk:  # the model computes the loss block by block, never all logits at once
-            (loss_sum, count), _ = self.model.apply(
-                variables, *args, targets_bt=micro["targets"], loss_mask_bt=micro["loss_mask"], rngs={"dropout": rng}
-            )
-            return loss_sum, count
-        logits, _ = self.model.apply(variables, *args, rngs={"dropout": rng})
         if self.distill is None:
-            return cross_entropy(logits, micro["targets"], micro["loss_mask"])
+            targets = (micro["targets"], micro["loss_mask"])
+            return self.model.apply(variables, *args, *targets, rngs={"dropout": rng}, method="loss")
+        logits, _ = self.model.apply(variables, *args, rngs={"dropout": rng})
         ce_sum, ce_n = cross_entropy(logits, micro["targets"], micro["loss_mask"] == 1)
         kd_sum, kd_n = self._distill_loss(base, micro, logits)
         return ce_sum + kd_sum, ce_n + kd_n
@@ -174,7 +170,15 @@ class Trainer:
         return divergence(logits_btv, teacher_btw, kd_bt, self.distill)
 
     def step_fn(self, state: TrainState, base: Any, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
-        """One optimizer step over ``batch`` [accum, B, T] (unjitted; see :meth:`compiled_step`)."""
+        """One optimizer step over ``batch`` [accum, B, T] (unjitted; see :meth:`compiled_step`).
+
+        Traced under the mesh (``jax.set_mesh``), so fused kernels that must be
+        partitioned by hand (Pallas flash attention) see how the step is split.
+        """
+        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+            return self._step(state, base, batch)
+
+    def _step(self, state: TrainState, base: Any, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
 
@@ -199,11 +203,17 @@ class Trainer:
         updates, opt_state = self.tx.update(full_grads, state.opt_state, full_tree(base, state.trainable))
         updates = {k: v for k, v in updates.items() if k in state.trainable}
         trainable = optax.apply_updates(state.trainable, updates)
+        loss, grad_norm = loss_sum / denom, optax.global_norm(grads)
+        # a step whose loss, gradients or new values are not finite changes nothing (the loop decides what then)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(trainable)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        trainable, opt_state = keep(trainable, state.trainable), keep(opt_state, state.opt_state)
         metrics = {
-            "loss": loss_sum / denom,
+            "loss": loss,
             "tokens": count,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
             "lr": schedule(self.optim)(state.step),
+            "finite": finite.astype(jnp.float32),
         }
         new_state = TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=state.rng)
         return new_state, metrics
@@ -217,7 +227,13 @@ class Trainer:
         return jax.jit(
             self.step_fn,
             in_shardings=(state_sh, base_sh, batch_sh),
-            out_shardings=(state_sh, {"loss": rep, "tokens": rep, "grad_norm": rep, "lr": rep}),
+            out_shardings=(state_sh, {k: rep for k in ("loss", "tokens", "grad_norm", "lr", "finite")}),
             donate_argnums=(0,),
             compiler_options=xla_options.fast_training(),
         )
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """True when every floating value in ``tree`` is finite (one reduction per leaf)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

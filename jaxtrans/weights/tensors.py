@@ -25,6 +25,29 @@ class TensorSource(Protocol):
     def hf_config(self) -> dict[str, Any]: ...
 
 
+def check_safetensors(path: str) -> None:
+    """A safetensors file whose header parses and whose tensors all lie within the file (a cut-off download or
+    copy fails here, with its name, instead of deep inside a load)."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        try:
+            if n < 0 or 8 + n > size:
+                raise ValueError("header runs past the end of the file")
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError) as e:
+            raise JaxtransError(f"{path} is not a readable safetensors file ({e}); download or copy it again") from None
+    if 8 + n + end > size:
+        raise JaxtransError(
+            f"{path} is truncated: its tensors need {8 + n + end} bytes but the file has {size}; "
+            "download or copy it again"
+        )
+
+
 class SafetensorsSource:
     """A local HF model directory: ``config.json`` plus one or more ``*.safetensors`` files."""
 
@@ -60,6 +83,7 @@ class SafetensorsSource:
             path = os.path.join(model_dir, name)
             if not os.path.isfile(path):
                 raise JaxtransError(f"safetensors shard {path} listed in the index is missing")
+            check_safetensors(path)
             with safe_open(path, framework="np") as f:
                 for key in f.keys():
                     self._file_of[key] = path

@@ -202,18 +202,32 @@ def conversations(comp: Component, r: dict, lang: Language) -> list[list[dict[st
 
 
 def encode(
-    comp: Component, records: Sequence[dict], tokenizer: Any, lang: Language
+    comp: Component, records: Sequence[dict], tokenizer: Any, lang: Language, seq_len: int = 0
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
-    """(ids, trained) examples and the file:line each came from."""
+    """(ids, trained) examples and the file:line each came from.
+
+    With ``seq_len`` (the ``split`` policy), a ``pretrain`` document longer than a
+    row is split into row-sized pieces (each token still predicted once) instead
+    of losing its tail.
+    """
     examples, names = [], []
     for r in records:
         for item in conversations(comp, r, lang):
             ex = formats.encode_text(tokenizer, item) if isinstance(item, str) else formats.encode_chat(tokenizer, item)
             if comp.kind == "recovery_logits":  # loss-mask 2: distil these positions (jaxtrans.train.distill)
                 ex = (ex[0], ex[1] * formats.DISTILLED)
-            examples.append(ex)
-            names.append(r["_where"])
+            pieces = split_document(ex, seq_len) if comp.kind == "pretrain" and seq_len else [ex]
+            examples += pieces
+            names += [r["_where"]] * len(pieces)
     return examples, names
+
+
+def split_document(example: tuple[np.ndarray, np.ndarray], seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pieces of at most ``seq_len + 1`` tokens overlapping by one, so every target of the document stays."""
+    ids, trained = example
+    if len(ids) <= seq_len + 1:
+        return [example]
+    return [(ids[i : i + seq_len + 1], trained[i : i + seq_len + 1]) for i in range(0, len(ids) - 1, seq_len)]
 
 
 @dataclasses.dataclass
@@ -267,7 +281,7 @@ def build_rows(
     for i, (comp, n) in enumerate(zip(components, counts, strict=True)):
         records, rstats = read_component(comp, process)
         records = fill(comp, records, fillers)
-        examples, names = encode(comp, records, tokenizer, lang)
+        examples, names = encode(comp, records, tokenizer, lang, seq_len if too_long == "split" else 0)
         rows, pstats = pack(examples, seq_len, pad_id, too_long, names)
         if pstats.rows == 0:
             raise JaxtransError(f"data component {comp.name!r}: no example had two or more tokens to train on")
@@ -315,13 +329,14 @@ def stream_rows(
     rng = np.random.default_rng(seed)
     pad_id = _pad_id(tokenizer)
     required = {c.name: ROLES[c.kind] for c in components}
+    split = seq_len if too_long == "split" else 0
 
     def examples_of(comp: Component) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], str]]:
         while True:
             n = 0
             for r in read(comp.source, *required[comp.name], ReadStats(), process):
                 n += 1
-                yield from zip(*encode(comp, fill(comp, [r], fillers), tokenizer, lang), strict=True)
+                yield from zip(*encode(comp, fill(comp, [r], fillers), tokenizer, lang, split), strict=True)
             if n == 0:
                 raise JaxtransError(f"data component {comp.name!r}: source {comp.source.path} yielded no records")
 

@@ -21,10 +21,10 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Sharding, SingleDeviceSharding
 
-from jaxtrans.checkpoint.sources import TensorSource
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
+from jaxtrans.weights.tensors import TensorSource
 
 _LAYER = "model.layers.{}."
 

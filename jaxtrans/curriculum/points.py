@@ -1,0 +1,66 @@
+"""Held-out measurements at points of the curriculum: the original model, then the state after every train stage.
+
+``cfg.eval`` names the data (``target_text``, ``en_text``, ``en_prompts``,
+``target_prompts``) in the vocabulary of ``jaxtrans.eval.suite``, whose
+``measure`` computes them, so a number here and in an eval stage mean the same.
+Answers to prompts are generated at the first and the last point only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+from jaxtrans.curriculum.state import RunState, read_json, write_json
+from jaxtrans.eval.suite import EvalSpec
+
+_NOT_SPEC = ("loop_texts",)  # cfg.eval keys that are not EvalSpec fields
+_PROMPTS = ("en_prompts", "target_prompts")
+
+
+def spec(cfg: Any) -> EvalSpec:
+    """``cfg.eval`` as an EvalSpec; sources keep every record they select (their own ``limit``)."""
+    block = {k: v for k, v in cfg.eval.items() if k not in _NOT_SPEC}
+    block.setdefault("limit", 1 << 30)
+    return EvalSpec.from_config(block, cfg.language.code, cfg.language.name)
+
+
+@functools.cache
+def _texts(target_text: Any, limit: int) -> tuple[str, ...]:
+    return tuple(r["text"] for r in EvalSpec(target_text=target_text, limit=limit).records("target_text"))
+
+
+def loop_texts(cfg: Any) -> list[str]:
+    """The first ``eval.loop_texts`` held-out target texts, measured inside train stages (``eval_every``)."""
+    s = spec(cfg)
+    return list(_texts(s.target_text, cfg.eval.get("loop_texts", 32))) if s.target_text else []
+
+
+def measure(state: RunState, label: str, trained: bool, answers: bool = True) -> dict:
+    """Held-out losses (and answers to the eval prompts when ``answers``); a state measured before is reused."""
+    from jaxtrans.curriculum.identity import flat, settings_hash
+    from jaxtrans.data.formats import Tags
+    from jaxtrans.eval.suite import measure as suite_measure
+
+    path = os.path.join(state.out, "eval", f"{label}.json")
+    digest = state.state_digest() if trained and state.trainable is not None else "base"
+    settings = settings_hash(flat(state.cfg.eval, "eval") | {"answers": answers})
+    cached = read_json(path)
+    if cached is not None and (cached.get("state"), cached.get("settings")) == (digest, settings):
+        return cached
+    s = spec(state.cfg)
+    if not answers:
+        s = dataclasses.replace(s, **{k: None for k in _PROMPTS})
+    files = os.path.join(state.out, "eval", "points")
+    os.makedirs(files, exist_ok=True)
+    tags = state.lang.tags if trained else Tags()
+    result = {
+        "label": label,
+        "state": digest,
+        "settings": settings,
+        **suite_measure(state.view(trained), tags, s, files, f"{label}."),
+    }
+    write_json(path, result)
+    return result

@@ -1,0 +1,121 @@
+"""What the stages of a run share: the model, tokenizer, adapters and trainable state, and the report.
+
+Also the helpers every stage kind needs to record what it did: a digest of a
+state (gathered over processes) and JSON files written by process 0 only,
+atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtrans import sharding
+from jaxtrans.errors import Preempted
+from jaxtrans.model import llama, nf4
+from jaxtrans.view import ModelView
+
+__all__ = ["Preempted", "RunState", "digest", "on_host", "read_json", "write_json"]
+
+
+@dataclasses.dataclass
+class RunState:
+    """The model and the state the stages hand to each other, in curriculum order."""
+
+    cfg: Any
+    mesh: Any
+    model_cfg: Any
+    float_base: Any  # the frozen base as loaded, for new-row inits; dropped once the base is quantised
+    base: Any  # the frozen base the train step reads (NF4 once quantised)
+    base_tokenizer: Any
+    tokenizer: Any
+    adapters: llama.Adapters
+    lang: Any  # jaxtrans.data.mixture.Language
+    out: str
+    new_rows: dict | None = None  # the vocab stage's initial rows, until the first train stage takes them
+    vocab_record: dict | None = None  # jaxtrans_vocab.json of the extended tokenizer: exported with the adapter
+    trainable: dict | None = None
+    report: dict = dataclasses.field(default_factory=dict)
+
+    _digest: tuple[Any, str] | None = None
+
+    def state_digest(self) -> str:
+        """digest() of the current trainable state, computed once per state (it gathers and hashes every array)."""
+        if self._digest is None or self._digest[0] is not self.trainable:
+            self._digest = (self.trainable, digest(self.trainable))
+        return self._digest[1]
+
+    def view(self, trained: bool = True) -> ModelView:
+        """The model with the current adapters, or (``trained=False``) the frozen chat model itself."""
+        if not trained or self.trainable is None:
+            frozen = llama.Adapters(quantized=self.adapters.quantized)
+            return ModelView(self.model_cfg, frozen, {"params": self.base}, self.base_tokenizer)
+        variables = {"params": self.base, **{k: v for k, v in self.trainable.items() if k != "base"}}
+        if "base" in self.trainable:
+            variables["params"] = {**self.base, **self.trainable["base"]}
+        return ModelView(self.model_cfg, self.adapters, variables, self.tokenizer)
+
+    def quantize_base(self) -> None:
+        """Store the frozen base as NF4 (QLoRA), once; the float copy is freed. New-row inits read it first."""
+        if self.adapters.quantized:
+            return
+        adapters = dataclasses.replace(self.adapters, quantized=True)
+        shardings = sharding.logical_to_sharding(llama.abstract_params(self.model_cfg, adapters), self.mesh)
+        self.base = nf4.quantize_params(self.float_base, shardings)
+        self.float_base = None
+        self.adapters = adapters
+
+    def stage_dir(self, name: str) -> str:
+        return os.path.join(self.out, "stages", name)
+
+    def record(self, section: str, name: str, entry: dict) -> None:
+        """Put a stage's entry into the report (``report[section][name]``)."""
+        self.report.setdefault(section, {})[name] = entry
+
+
+def on_host(tree: Any) -> Any:
+    """numpy copies of a tree's arrays; arrays spread over several processes are gathered (a collective)."""
+    from jax.experimental import multihost_utils
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+def digest(tree: Any) -> str:
+    """A short hash of a pytree's values, to show in the report which state a stage started and ended with."""
+    h = hashlib.sha256()
+    for path, leaf in sorted(
+        jax.tree_util.tree_leaves_with_path(on_host(tree)), key=lambda kv: jax.tree_util.keystr(kv[0])
+    ):
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(leaf.tobytes())
+    return h.hexdigest()[:16]
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON from process 0 only, atomically (a temporary file renamed over the target)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    """The JSON in ``path``, or None when there is no such file."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,230 @@
+"""Stage kind ``train``: LoRA (QLoRA when ``lora.quantized``) on a mixture of data components.
+
+Starts from the previous train stage's adapters and new-token rows (the first
+starts fresh adapters and the vocab stage's rows), trains with
+``jaxtrans.train.loop`` (resumable from ``stages/NAME/checkpoints``), and ends
+with a held-out measurement point (``jaxtrans.curriculum.points``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtrans import sharding
+from jaxtrans.curriculum import points
+from jaxtrans.curriculum.fillers import fillers
+from jaxtrans.curriculum.state import Preempted, RunState, digest, read_json, write_json
+from jaxtrans.data.mixture import ROLES, Component
+from jaxtrans.data.sources import read
+from jaxtrans.errors import JaxtransError, number, one_of
+
+OPTIM_KEYS = ("weight_decay", "new_rows_learning_rate", "new_rows_weight_decay", "modules_learning_rate",
+              "modules_weight_decay", "end_lr_ratio")  # fmt: skip
+
+
+def components(name: str, stage: Any) -> list[Component]:
+    if "data" not in stage or not stage.data:
+        raise JaxtransError(f"stage {name!r} has no data components; add stages.{name}.data.<component>")
+    return [Component.from_config(f"{name}.{k}", v) for k, v in stage.data.items()]
+
+
+def distill_config(name: str, stage: Any, cfg: Any) -> Any:
+    """The stage's DistillConfig when its mixture has a recovery_logits component, else None."""
+    from jaxtrans.train.distill import DistillConfig
+
+    if not any(c.kind == "recovery_logits" for c in components(name, stage)):
+        return None
+    if cfg.model.get("loss_chunk", 0):
+        raise JaxtransError(
+            f"stage {name!r} mixes in recovery_logits, which needs the full logits; set model.loss_chunk=0 "
+            "(or use recovery_kd, which trains on generated answers)"
+        )
+    return DistillConfig(stage.get("distill_divergence", "kl"), float(stage.get("distill_temperature", 1.0)))
+
+
+def optim_config(stage: Any) -> Any:
+    from jaxtrans.train.optim import OptimConfig
+
+    return OptimConfig(
+        learning_rate=stage.learning_rate, schedule=stage.schedule, warmup_steps=stage.warmup_steps,
+        total_steps=stage.steps, **{k: stage[k] for k in OPTIM_KEYS if k in stage},
+    )  # fmt: skip
+
+
+def check(cfg: Any, name: str, stage: Any, earlier: list[str]) -> None:
+    """Every value of the block: counts positive, rates finite, enums spelled right (with a did-you-mean)."""
+    from jaxtrans.data.pack import POLICIES
+    from jaxtrans.train.distill import DIVERGENCES
+
+    key = f"stages.{name}"
+    components(name, stage)
+    distill_config(name, stage, cfg)
+    for k in ("steps", "batch_size", "seq_len", "save_every"):
+        number(f"{key}.{k}", stage[k], 1)
+    number(f"{key}.accum", stage.get("accum", 1), 1)
+    number(f"{key}.eval_every", stage.get("eval_every", 0), 0)
+    if not 0 <= stage.warmup_steps <= stage.steps:
+        raise JaxtransError(f"{key}.warmup_steps={stage.warmup_steps} must be between 0 and steps={stage.steps}")
+    number(f"{key}.learning_rate", stage.learning_rate, 0, inclusive=False)
+    for k in ("new_rows_learning_rate", "modules_learning_rate", "weight_decay", "new_rows_weight_decay",
+              "modules_weight_decay", "end_lr_ratio"):  # fmt: skip
+        if stage.get(k) is not None:
+            number(f"{key}.{k}", stage[k], 0)  # 0 freezes a group
+    one_of(f"{key}.schedule", stage.schedule, ("cosine", "linear", "constant"))
+    one_of(f"{key}.too_long", stage.too_long, POLICIES)
+    one_of(f"{key}.distill_divergence", stage.get("distill_divergence", "kl"), DIVERGENCES)
+    number(f"{key}.distill_temperature", stage.get("distill_temperature", 1.0), 0, inclusive=False)
+    optim_config(stage)
+
+
+def fingerprint(cfg: Any, name: str, stage: Any) -> dict[str, Any]:
+    """What determines the stage's result (``jaxtrans.curriculum.identity``): the model, adapters, seed,
+    generation settings, the block (not its save/eval cadence) and the content of every data source."""
+    from jaxtrans.curriculum.identity import flat
+    from jaxtrans.data.sources import content_digest
+
+    fp = {"model.path": cfg.model.path, "model.dtype": cfg.model.dtype, "model.param_dtype": cfg.model.param_dtype,
+          "seed": cfg.seed, "generation.max_new_tokens": cfg.generation.max_new_tokens,
+          "translator.model": cfg.translator.model}  # fmt: skip
+    fp.update(flat(cfg.language, "language") | flat(cfg.lora, "lora"))
+    fp.update(flat(stage, f"stages.{name}", skip=("save_every", "eval_every")))
+    for comp in components(name, stage):
+        fp[f"stages.{name}.data.{comp.name.split('.', 1)[1]}.source (content)"] = content_digest(comp.source)
+    return fp
+
+
+def check_batch(name: str, stage: Any, mesh: Any) -> None:
+    """The batch divides over the processes and the mesh's data-parallel axes."""
+    dp = sharding.data_parallel_size(mesh)
+    if stage.batch_size % jax.process_count():
+        raise JaxtransError(
+            f"stages.{name}.batch_size={stage.batch_size} is not divisible by the {jax.process_count()} processes"
+        )
+    if stage.batch_size % dp:
+        raise JaxtransError(
+            f"stages.{name}.batch_size={stage.batch_size} is not divisible by the data-parallel size {dp} "
+            f"(mesh data x fsdp); use a multiple of {dp}"
+        )
+
+
+def preflight(cfg: Any, name: str, stage: Any, mesh: Any, max_streaming: int = 1000) -> dict[str, int]:
+    """Read every local source once (no tokenising); streaming ones on their first ``max_streaming`` records.
+
+    Hub sources are opened when the stage runs (they need the network).
+    """
+    check_batch(name, stage, mesh)
+    counts = {}
+    for comp in components(name, stage):
+        if comp.source.path.startswith("hf:"):
+            continue
+        records = read(comp.source, *ROLES[comp.kind])
+        if comp.source.streaming or stage.get("streaming", False):
+            records = itertools.islice(records, max_streaming)
+        counts[comp.name] = sum(1 for _ in records)
+        if counts[comp.name] == 0:
+            raise JaxtransError(
+                f"data component {comp.name!r}: source {comp.source.path} yielded no records; "
+                "give it data or remove it from the mixture"
+            )
+    return counts
+
+
+def _start(state: RunState, trainer: Any) -> dict:
+    """The trainable state the stage starts from: the previous stage's, or fresh adapters and the vocab rows."""
+    if state.trainable is not None:
+        return state.trainable
+    init = trainer.init_state(state.base, state.cfg.seed).trainable
+    if state.new_rows is not None:
+        sh = trainer.trainable_shardings()["new_rows"]
+        init["new_rows"] = jax.device_put({k: np.asarray(v) for k, v in state.new_rows.items()}, sh)
+    return init
+
+
+def _data(state: RunState, name: str, stage: Any, reports: list) -> Any:
+    """The stage's batches, built when the loop first asks (a finished stage never builds them)."""
+    from jaxtrans.data.mixture import build_rows, stream_rows
+    from jaxtrans.train.data import InMemoryBatches, LazyBatches, StreamingBatches
+
+    comps, seed, accum = components(name, stage), state.cfg.seed, stage.get("accum", 1)
+    process = (jax.process_index(), jax.process_count())
+
+    def make() -> Any:
+        fill = fillers(state, state.stage_dir(name))
+        if stage.get("streaming", False):
+            local = stage.batch_size // jax.process_count()
+            rows = lambda: stream_rows(comps, state.tokenizer, state.lang, fill, stage.seq_len, stage.too_long,  # noqa: E731
+                                       seed, process)  # fmt: skip
+            return StreamingBatches(rows, local, accum)
+        total = stage.steps * stage.batch_size * accum
+        rows, built = build_rows(comps, state.tokenizer, state.lang, fill, stage.seq_len, total, stage.too_long, seed)
+        reports.extend(dataclasses.asdict(r) for r in built)
+        write_json(os.path.join(state.stage_dir(name), "data.json"), reports)
+        return InMemoryBatches(rows, stage.batch_size, accum, seed)
+
+    return LazyBatches(make)
+
+
+def _eval_fn(state: RunState) -> Any:
+    """Held-out target loss of a trainable state, for ``eval_every`` inside the loop (None without texts)."""
+    from jaxtrans.eval import measures
+
+    texts = points.loop_texts(state.cfg)
+    if not texts:
+        return None
+
+    def fn(trainable: dict) -> dict[str, float]:
+        view = dataclasses.replace(state, trainable=trainable, _digest=None).view()
+        return {"target_nats_per_char": measures.nats_per_char(view, texts)}
+
+    return fn
+
+
+def run(state: RunState, name: str, stage: Any) -> None:
+    from jaxtrans.curriculum.identity import NONFINITE
+    from jaxtrans.train.loop import LoopConfig, NonFiniteError, read_losses, train
+    from jaxtrans.train.step import Trainer
+
+    if state.cfg.lora.quantized:
+        state.quantize_base()  # after the vocab stage, whose row inits read the float embeddings
+    trainer = Trainer(state.model_cfg, state.adapters, optim_config(stage), state.mesh,
+                      modules_to_save=tuple(state.cfg.lora.modules_to_save),
+                      distill=distill_config(name, stage, state.cfg))  # fmt: skip
+    init = _start(state, trainer)
+    digest_in, stage_dir, reports = digest(init), state.stage_dir(name), []
+    loop = LoopConfig(total_steps=stage.steps, save_every=stage.save_every, eval_every=stage.get("eval_every", 0),
+                      desc=name, progress=state.cfg.progress,
+                      skip_nonfinite_steps=stage.get("skip_nonfinite_steps", 0))  # fmt: skip
+    t0 = time.time()
+    try:
+        trained = train(
+            trainer, state.base, _data(state, name, stage, reports), loop, stage_dir, init_trainable=init,
+            eval_fn=_eval_fn(state), meta={"stage": name, "config": state.cfg.to_json_best_effort()},
+            seed=state.cfg.seed,
+        )  # fmt: skip
+    except NonFiniteError as e:  # recorded: a re-run with a lower rate retrains this stage (curriculum.identity)
+        write_json(os.path.join(stage_dir, NONFINITE), {"step": e.step, "last_checkpoint": e.last_checkpoint})
+        raise
+    state.trainable = trained.trainable
+    done = int(jax.device_get(trained.step))
+    if done < stage.steps:  # preempted (SIGTERM): the checkpoint is saved; the same command resumes here
+        raise Preempted(f"stage {name!r} stopped at step {done} of {stage.steps}; re-run the same command to resume")
+    if jax.process_index() == 0 and os.path.isfile(os.path.join(stage_dir, NONFINITE)):
+        os.remove(os.path.join(stage_dir, NONFINITE))  # finished: its settings are fixed from here on
+    losses = list(read_losses(os.path.join(stage_dir, "metrics.jsonl")).values())
+    state.record("stages", name, {
+        "kind": "train", "steps": stage.steps, "seconds_this_run": round(time.time() - t0, 1),
+        "digest_in": digest_in, "new_rows_digest_in": digest(init["new_rows"]) if "new_rows" in init else None,
+        "digest_out": state.state_digest(), "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "data": reports or read_json(os.path.join(stage_dir, "data.json")),
+    })  # fmt: skip
+    last = [n for n in state.cfg.curriculum if state.cfg.stages[n].kind == "train"][-1]
+    index = list(state.cfg.curriculum).index(name) + 1
+    state.report.setdefault("points", []).append(points.measure(state, f"{index}_{name}", True, name == last))
