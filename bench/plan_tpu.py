@@ -64,6 +64,10 @@ def run(case: str) -> dict:
     done = subprocess.run([sys.executable, "-c", RUN, json.dumps(overrides), topology], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=3600)  # fmt: skip
     lines = [x for x in done.stdout.splitlines() if x.startswith("PLAN ")]
+    refused = [x for x in done.stderr.splitlines() if "does NOT fit" in x]
+    if refused:  # the compiler itself said no: a row of the table too
+        print(refused[-1], flush=True)
+        return {"case": case, "title": title, "topology": topology, "refused": refused[-1]}
     if done.returncode or not lines:
         raise SystemExit(f"{case} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     print("\n".join(x for x in done.stdout.splitlines() if not x.startswith("PLAN ")), flush=True)
@@ -79,6 +83,10 @@ def main() -> None:
     print("\n| case | slice | mesh | per-chip peak | floor | peak / floor | tokens/s at 40% MFU | compile |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "refused" in r:
+            why = r["refused"].split("RESOURCE_EXHAUSTED: ")[-1].split(";")[0].rstrip(")")
+            print(f"| {r['title']} | {r['topology']} | 1 | does not fit: {why} | | | | |")
+            continue
         mesh = "×".join(str(v) for v in r["mesh"].values())
         print(f"| {r['title']} | {r['topology']} | {mesh} | {r['per_device_bytes']['peak'] / gib:.2f} GiB | "
               f"{r['floor_total'] / gib:.2f} GiB | {r['peak_over_floor']:.2f} | "

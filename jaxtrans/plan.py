@@ -180,7 +180,15 @@ def plan(cfg: Any, device: str = "H100", mfu: float = 0.4, topology: str | None 
     check(cfg)
     devices, compiler = _target(cfg, device, topology)
     trainer, biggest = _trainer(cfg, devices)
-    compiled, base, state, compile_s = _compile(trainer, biggest)
+    try:
+        compiled, base, state, compile_s = _compile(trainer, biggest)
+    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a step that cannot fit its chip's memory
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise JaxtransError(
+            f"does NOT fit: the {compiler} refuses the step on a {device} chip ({str(e).splitlines()[0][:160]}); "
+            "shard over more chips (mesh.fsdp), quantise the base (lora.quantized), or shorten the rows"
+        ) from None
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))

@@ -38,6 +38,7 @@ from jaxtrans.model import attention, nf4, rope
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.model.lora import LoraConfig, kaiming_uniform, lora_delta
 from jaxtrans.model.loss import cross_entropy
+from jaxtrans.sharding import constrain_batch
 
 Array = jax.Array
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -286,9 +287,9 @@ class Block(nn.Module):
         c = self.cfg
         norm_kw = dict(eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
         attn_out, kv = Attention(c, self.adapters, name="attn")(RMSNorm(name="attn_norm", **norm_kw)(x_btd), ctx, kv)
-        h_btd = x_btd + attn_out
+        h_btd = constrain_batch(x_btd + attn_out)
         out_btd = h_btd + MLP(c, self.adapters, name="mlp")(RMSNorm(name="mlp_norm", **norm_kw)(h_btd))
-        return out_btd, kv
+        return constrain_batch(out_btd), kv
 
 
 _REMAT_POLICIES = {
@@ -352,7 +353,7 @@ class Llama(nn.Module):
             c.param_dtype,
         )  # fmt: skip
         new_embed_nd = self._new_rows("embedding", ("new_vocab", "embed"), (self.adapters.new_tokens, c.hidden_size))
-        x_btd = self._embed(tokens_bt, embedding_vd, new_embed_nd)
+        x_btd = constrain_batch(self._embed(tokens_bt, embedding_vd, new_embed_nd))
         x_btd, cache = self._layers(x_btd, segment_bt, positions_bt, cache)
         if last_logits_only:
             x_btd = x_btd[:, -1:]
