@@ -90,13 +90,24 @@ def cli(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     argv = list(sys.argv if argv is None else argv)
     signal.signal(signal.SIGTERM, _sigterm)
+    dump = None
     if "--dry_run" in argv and "JAXTRANS_PLAN_DUMP" not in os.environ:  # before jax starts: XLA reads its flags once
         import tempfile
 
         from jaxtrans.plan import dump_flags
 
-        os.environ["JAXTRANS_PLAN_DUMP"] = tempfile.mkdtemp(prefix="jaxtrans-plan-")
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(os.environ['JAXTRANS_PLAN_DUMP'])}"
+        dump = os.environ["JAXTRANS_PLAN_DUMP"] = tempfile.mkdtemp(prefix="jaxtrans-plan-")
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(dump)}"
+    try:
+        _cli(argv)
+    finally:  # the compiler's buffer reports were read by the plan; a 7B dump is tens of MB
+        if dump is not None:
+            import shutil
+
+            shutil.rmtree(dump, ignore_errors=True)
+
+
+def _cli(argv: list[str]) -> None:
     try:
         if any(a in ("--help", "-h", "--helpfull", "-help") for a in argv[1:]):
             print(usage([a for a in argv if a not in ("--help", "-h", "--helpfull", "-help")]))

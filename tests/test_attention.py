@@ -49,6 +49,13 @@ def test_pallas_flash_equals_reference_in_interpret_mode():
         _compare(lambda q, k, v: attention.flash(q, k, v, seg), q, kk, v, seg, mask)
 
 
+def test_flash_on_rows_shorter_than_its_block_takes_the_reference():
+    """64-position rows (debug configs): the kernel refuses blocks larger than the row; the result is the same."""
+    q, kk, v, seg = (x[:, :64] for x in _inputs())
+    mask = attention.mask(jnp.arange(64), jnp.arange(64), seg, seg)
+    _compare(lambda q, k, v: attention.flash(q, k, v, seg, mask), q, kk, v, seg, mask)
+
+
 @pytest.mark.parametrize("impl", ["dot_product", "flash"])
 def test_model_logits_do_not_depend_on_the_implementation(impl):
     cfg = ModelConfig(

@@ -62,6 +62,7 @@ def check(cfg: Any, name: str, stage: Any, earlier: list[str]) -> None:
     """Every value of the block: counts positive, rates finite, enums spelled right (with a did-you-mean)."""
     from jaxtrans.data.pack import POLICIES
     from jaxtrans.train.distill import DIVERGENCES
+    from jaxtrans.train.optim import SCHEDULES
 
     key = f"stages.{name}"
     components(name, stage)
@@ -77,7 +78,7 @@ def check(cfg: Any, name: str, stage: Any, earlier: list[str]) -> None:
               "modules_weight_decay", "end_lr_ratio"):  # fmt: skip
         if stage.get(k) is not None:
             number(f"{key}.{k}", stage[k], 0)  # 0 freezes a group
-    one_of(f"{key}.schedule", stage.schedule, ("cosine", "linear", "constant"))
+    one_of(f"{key}.schedule", stage.schedule, SCHEDULES)
     one_of(f"{key}.too_long", stage.too_long, POLICIES)
     one_of(f"{key}.distill_divergence", stage.get("distill_divergence", "kl"), DIVERGENCES)
     number(f"{key}.distill_temperature", stage.get("distill_temperature", 1.0), 0, inclusive=False)

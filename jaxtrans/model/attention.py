@@ -86,8 +86,16 @@ def dot_product(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bt
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None], scale=q_btnh.shape[-1] ** -0.5)
 
 
-def flash(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, segment_bt: jax.Array) -> jax.Array:
+FLASH_BLOCK = 128  # the Pallas kernel's query/key block: rows must hold whole blocks
+
+
+def flash(
+    q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, segment_bt: jax.Array, mask_bts: jax.Array | None = None
+) -> jax.Array:
     """Pallas flash attention for TPU (causal, packed segments); runs in interpret mode elsewhere.
+
+    Rows that are not whole 128-position blocks (short debug rows) take the reference attention when
+    ``mask_bts`` is given: the same result, where the kernel would refuse the shape.
 
     The kernel wants as many KV heads as query heads, so grouped KV heads are
     repeated; padding (segment 0) only ever attends to padding, whose outputs
@@ -95,6 +103,8 @@ def flash(q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, segment_bt: j
     """
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
+    if mask_bts is not None and q_btnh.shape[1] % FLASH_BLOCK:
+        return reference(q_btnh, k_btkh, v_btkh, mask_bts)
     groups = q_btnh.shape[2] // k_btkh.shape[2]
     k_btnh, v_btnh = (jnp.repeat(x, groups, axis=2) for x in (k_btkh, v_btkh))
     to_bnth = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731

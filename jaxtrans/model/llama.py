@@ -246,7 +246,7 @@ class Attention(nn.Module):
             kv = (k_bksh, v_bksh)
             out_btnh = attention.cached(q_btnh, k_bksh.astype(c.dtype), v_bksh.astype(c.dtype), ctx.mask_bts)
         elif c.attention == "flash":
-            out_btnh = attention.flash(q_btnh, k_btkh, v_btkh, ctx.segment_bt)
+            out_btnh = attention.flash(q_btnh, k_btkh, v_btkh, ctx.segment_bt, ctx.mask_bts)
         elif c.attention == "dot_product":
             out_btnh = attention.dot_product(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
         elif c.attention == "chunked":

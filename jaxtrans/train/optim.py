@@ -27,6 +27,9 @@ from jaxtrans.errors import JaxtransError
 FROZEN = "params"
 
 
+SCHEDULES = ("cosine", "linear", "constant")  # the decay after warmup
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     learning_rate: float = 2e-4
@@ -53,8 +56,8 @@ class OptimConfig:
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value < 0):
                 raise JaxtransError(f"optim.{name}={value} must be a finite number >= 0")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise JaxtransError(f"optim.schedule={self.schedule!r} is not one of cosine, linear, constant")
+        if self.schedule not in SCHEDULES:
+            raise JaxtransError(f"optim.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.total_steps <= 0 or self.warmup_steps < 0 or self.warmup_steps > self.total_steps:
             raise JaxtransError(
                 f"optim: need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps ({self.total_steps}), total > 0"
