@@ -13,8 +13,17 @@ Variants (``--config configs/bailong_zh_hant.py:VARIANT``):
   instruction set; point the sources at your own data as needed.
 * ``local``: the embedded SmolLM2 (tied embeddings) with the Chinese XQuAD
   paragraphs and Alpaca samples from ``../shared/data``, scaled down for a CPU.
+  XQuAD's Chinese is **Simplified** (and ``../shared/data`` has no Traditional
+  Chinese), so this variant declares ``zh_hans``: the same method on the script
+  its data is in. Preflight checks every target-language source's script
+  (``jaxtrans.data.script``) and refuses Simplified text under ``zh_hant``.
+
+The ``llama2_7b`` variant reads zh Wikipedia from the hub, which mixes both
+systems (it is converted when displayed); the script check reads local files
+only, so convert it (e.g. with OpenCC) or use a Traditional corpus.
 """
 
+import functools
 import os
 
 from ml_collections import config_dict
@@ -51,24 +60,30 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
             }
         )  # fmt: skip
     elif variant == "local":
-        cfg.output_dir = "runs/bailong_zh_hant_local"
-        xquad = os.path.join(SHARED, "xquad-en-th-zh", "xquad.zh.json")
-        paragraphs = source(xquad, columns={"text": "paragraphs.0.context"})
+        cfg.language = config_dict.ConfigDict({"code": "zh_hans", "name": "Chinese (Simplified)", "tag": "<ZH>"})
+        cfg.output_dir = "runs/bailong_zh_hans_local"
+        xquad = os.path.join(SHARED, "xquad-en-th-zh", "xquad.{}.json")
+        # every paragraph of XQuAD (240, ≈60k characters); the first 20 are held out
+        paragraphs = functools.partial(source, xquad.format("zh"), explode="paragraphs", columns={"text": "context"})
         alpaca = os.path.join(SHARED, "en-instruct-alpaca", "alpaca_data_1k.json")
         cfg.lora.rank, cfg.lora.alpha = 16, 16.0
         cfg.stages = config_dict.ConfigDict(
             {
-                "vocab": vocab_stage(paragraphs, new_tokens=512, special_tokens=(), min_frequency=2, init="zip_tie"),
-                "pretrain": train_stage({"text": component("pretrain", source(xquad, skip=20,
-                                         columns={"text": "paragraphs.0.context"}))},
-                                        steps=20, learning_rate=1e-3, warmup_steps=2, seq_len=256, batch_size=8),
+                "vocab": vocab_stage(paragraphs(skip=20), new_tokens=512, special_tokens=(), min_frequency=2,
+                                     init="zip_tie"),
+                "pretrain": train_stage({"text": component("pretrain", paragraphs(skip=20))},
+                                        steps=40, learning_rate=5e-4, new_rows_learning_rate=5e-3, warmup_steps=2,
+                                        seq_len=256, batch_size=8),
                 "instruct": train_stage(
-                    {"alpaca": component("sft", source(alpaca, limit=200))},
-                    steps=10, learning_rate=5e-4, warmup_steps=1, seq_len=256, batch_size=8,
+                    {"alpaca": component("sft", source(alpaca, limit=200)),
+                     "text": component("pretrain", paragraphs(skip=20), weight=0.3)},
+                    steps=10, learning_rate=2e-4, new_rows_learning_rate=1e-3, warmup_steps=1, seq_len=256,
+                    batch_size=8,
                 ),
             }
         )  # fmt: skip
-        cfg.eval.target_text = source(xquad, columns={"text": "paragraphs.0.context"}, limit=20)
+        cfg.eval.target_text = paragraphs(limit=20)
+        cfg.eval.en_text = source(xquad.format("en"), explode="paragraphs", columns={"text": "context"}, limit=20)
     else:
         raise JaxtransError(f"unknown variant {variant!r} of configs/bailong_zh_hant.py; use llama2_7b or local")
     cfg.lock()

@@ -67,7 +67,7 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
                                     warmup_steps=2, seq_len=384, batch_size=8),
             }
         )  # fmt: skip
-        cfg.eval.target_text = source(f"{flores}.ne", limit=100)
+        cfg.eval.target_text = source(f"{flores}.ne", format="text", limit=100)
         cfg.eval.en_prompts = source(os.path.join(SHARED, "eval-vicuna-ne", "vicuna_en_ne.jsonl"),
                                      columns={"prompt": "en"}, limit=8)  # fmt: skip
         cfg.eval.target_prompts = source(os.path.join(SHARED, "eval-vicuna-ne", "vicuna_en_ne.jsonl"),

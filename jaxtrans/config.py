@@ -186,6 +186,7 @@ def source(path: str, **options: Any) -> config_dict.ConfigDict:
 
 def component(kind: str, src: config_dict.ConfigDict, weight: float = 1.0, **options: Any) -> config_dict.ConfigDict:
     """One data component of a train stage: its kind, source and mixture weight."""
+    # ``language="en"`` marks English text (replay) among pretrain data; absent, a component is target-language
     block = {"kind": kind, "source": src, "weight": weight, "directions": "both", "style": "chat", "system": ""}
     block.update(options)
     return config_dict.ConfigDict(block)
@@ -220,6 +221,9 @@ def train_stage(data: dict[str, config_dict.ConfigDict], **overrides: Any) -> co
         # steps whose loss or gradients are not finite are skipped (no update), up to this many in a row; past
         # that (and with 0) the stage stops, keeping its last finite checkpoint
         "skip_nonfinite_steps": 0,
+        # start from the end of this earlier train stage instead of the previous one (a branch: e.g. an ablation
+        # of the transfer stage without recovery KD, from the same translation-stage state)
+        "start_from": "",
         "data": config_dict.ConfigDict(data),
     }
     block.update(overrides)

@@ -25,6 +25,10 @@ _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "with --dry_run on a TPU device: the slice to compile for with the TPU compiler (e.g. v5e:2x2, "
     "v5p:2x2x1; needs libtpu); default: the smallest slice the mesh fits"
 )  # fmt: skip
+_PROMPT_LEN = flags.DEFINE_integer(
+    "generation_prompt_len", 0, "with --dry_run: also compile the frozen model's decode (generation.batch_size "
+    "prompts of this many tokens + generation.max_new_tokens; the KV cache) for the same target; 0: skip"
+)  # fmt: skip
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: schedulers may requeue; the same command resumes
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: path.py[:variant]", lock_config=True)
 
@@ -54,6 +58,10 @@ def _main(argv: list[str]) -> None:
         from jaxtrans.plan import plan
 
         plan(_CONFIG.value, _DEVICE.value, _MFU.value, _TOPOLOGY.value)
+        if _PROMPT_LEN.value:
+            from jaxtrans.plan import plan_generation
+
+            plan_generation(_CONFIG.value, _DEVICE.value, _TOPOLOGY.value, _PROMPT_LEN.value)
         return
     run(_CONFIG.value)
 
@@ -61,7 +69,7 @@ def _main(argv: list[str]) -> None:
 def usage(argv: list[str]) -> str:
     """The --help text: the command, every flag with its help and default, and (with --config) the config's keys."""
     lines = [__doc__.strip(), "", "flags:"]
-    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU, _TOPOLOGY):
+    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU, _TOPOLOGY, _PROMPT_LEN):
         f = flags.FLAGS[flag.name]
         default = "" if f.default is None else f" (default: {f.default})"
         lines.append(f"  --{f.name}: {f.help}{default}")

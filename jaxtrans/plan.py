@@ -223,6 +223,50 @@ def plan(cfg: Any, device: str = "H100", mfu: float = 0.4, topology: str | None 
     return result
 
 
+def plan_generation(cfg: Any, device: str = "H100", topology: str | None = None, prompt_len: int = 512) -> dict:
+    """Compile the frozen model's batched decode (recovery-KD answers, evaluation) from shapes, for the same
+    target as :func:`plan`: ``generation.batch_size`` prompts of ``prompt_len`` tokens plus
+    ``generation.max_new_tokens``; the KV cache is the part that grows with them."""
+    from jaxtrans.infer.generate import SamplingConfig, _compiled_decode
+
+    devices, compiler = _target(cfg, device, topology)
+    trainer, _ = _trainer(cfg, devices)
+    gen, mcfg, mesh = cfg.generation, trainer.cfg, trainer.mesh
+    frozen = llama.Adapters(quantized=trainer.adapters.quantized)
+    base = _abstract(nn.meta.unbox(llama.abstract_params(mcfg, trainer.adapters)), trainer.base_shardings())
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    ids = jax.ShapeDtypeStruct((gen.batch_size, prompt_len), jnp.int32, sharding=replicated)
+    scalars = (jax.ShapeDtypeStruct((1,), jnp.int32, sharding=replicated),
+               jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))  # fmt: skip
+    sampling = SamplingConfig(max_new_tokens=gen.max_new_tokens)
+    t0 = time.perf_counter()
+    try:
+        lowered = _compiled_decode().lower(mcfg, {"params": base}, ids, ids, *scalars, sampling=sampling,
+                                           adapters=frozen, scan_layers=True)  # fmt: skip
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise JaxtransError(
+            f"generation does NOT fit: the {compiler} refuses a decode of {gen.batch_size} x ({prompt_len} + "
+            f"{gen.max_new_tokens}) tokens on a {device} chip; lower generation.batch_size or shard (mesh.fsdp)"
+        ) from None
+    mem = compiled.memory_analysis()
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    kv = 2 * mcfg.num_layers * gen.batch_size * (prompt_len + gen.max_new_tokens) * mcfg.num_kv_heads * mcfg.head_dim
+    result = {
+        "compiler": compiler, "batch": gen.batch_size, "prompt_len": prompt_len, "new_tokens": gen.max_new_tokens,
+        "weights_per_device": _per_device(base), "temporaries": mem.temp_size_in_bytes, "peak": peak,
+        "kv_cache_bytes": kv * jnp.dtype(mcfg.dtype).itemsize, "compile_seconds": round(time.perf_counter() - t0, 1),
+        "fits": peak <= DEVICES[device].memory,
+    }  # fmt: skip
+    print(f"  generation (frozen model: recovery-KD answers, evaluation), {compiler}: {gen.batch_size} prompts x "
+          f"({prompt_len} + {gen.max_new_tokens}) tokens: peak {peak / GiB:.2f} GiB per device (weights "
+          f"{result['weights_per_device'] / GiB:.2f}, KV cache {result['kv_cache_bytes'] / GiB:.2f} in all); "
+          f"{'fits' if result['fits'] else 'does NOT fit'}; compiled in {result['compile_seconds']} s")  # fmt: skip
+    return result
+
+
 def _print(r: dict[str, Any], capacity: int) -> None:
     b, f = r["per_device_bytes"], r["flops_per_step"]
     print(f"plan: {r['model']} ({r['params'] / 1e9:.2f}B parameters) on mesh {r['mesh']} ({r['devices']} devices)")

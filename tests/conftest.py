@@ -16,7 +16,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILE_CACHE_ENV = {
     "JAX_COMPILATION_CACHE_DIR": __import__("tempfile").mkdtemp(prefix="jaxtrans-test-xla-cache-"),
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    # the original model's measurements are cached per test session, not in the user's ~/.cache/jaxtrans
+    "JAXTRANS_BASELINE_CACHE": __import__("tempfile").mkdtemp(prefix="jaxtrans-test-baselines-"),
 }
+os.environ.setdefault("JAXTRANS_BASELINE_CACHE", COMPILE_CACHE_ENV["JAXTRANS_BASELINE_CACHE"])
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The session's caches go with it (they were left in /tmp, one pair per run)."""
+    import shutil
+
+    for key in ("JAX_COMPILATION_CACHE_DIR", "JAXTRANS_BASELINE_CACHE"):
+        shutil.rmtree(COMPILE_CACHE_ENV[key], ignore_errors=True)
+
+
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 

@@ -203,3 +203,28 @@ def test_eval_stage_config_and_data_errors_come_before_any_model_work(tmp_path):
     cfg.stages.final.bleu = True
     with pytest.raises(JaxtransError, match=r"eval stage keys \['bleu'\] are unknown"):
         pipeline.check(cfg)
+
+
+def test_script_share_of_real_corpora(shared_data):
+    """Real text in its own script passes; Simplified Chinese declared Traditional, or English declared Thai,
+    is refused in one line naming the source and the fix."""
+    import itertools
+
+    from jaxtrans.data import script
+
+    def texts(path: str, column: str) -> list[str]:
+        src = Source(os.path.join(shared_data, path), columns=(("text", column),))
+        return [r["text"] for r in itertools.islice(read(src, ("text",)), 300)]
+
+    assert script.check(texts("th-thaigov/thaigov_sample.jsonl", "text"), "th", "thaigov").share > 0.95
+    assert script.check(texts("eval-vicuna-ne/vicuna_en_ne.jsonl", "ne"), "ne", "vicuna ne").share > 0.95
+    zh = texts("xquad-en-th-zh/xquad.zh.json", "paragraphs.0.context")
+    got = script.check(zh, "zh_hans", "xquad zh")
+    assert got.share > 0.9 and got.variety == "Simplified" and got.variety_share > 0.95 and got.telling > 1000
+    with pytest.raises(
+        JaxtransError, match=r"^xquad zh: only 0% of its \d+ characters that differ .* declare zh_hans$"
+    ):
+        script.check(zh, "zh_hant", "xquad zh")
+    with pytest.raises(JaxtransError, match=r"^talpco: only 0% of its \d+ letters are Thai, .*fix language.code$"):
+        script.check(texts("en-th-talpco/talpco_en_th.jsonl", "en"), "th", "talpco")
+    assert script.check(["any text"], "fr", "french") is None  # a language whose script is not known: not checked

@@ -60,3 +60,48 @@ def test_eval_report_on_smollm2(shared_data, tmp_path):
                               capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
         assert abs(float(chrf.stdout.strip()) - scores["chrf++"]) < 0.01
         assert abs(float(bleu.stdout.strip()) - scores["bleu"]) < 0.01
+
+
+def test_original_model_numbers_are_cached_by_what_they_depend_on(tmp_path, monkeypatch):
+    """The second measurement of the same model on the same data is read back, with its files; changing
+    the data's content (or the model's files) changes the key, so it is measured again."""
+    from jaxtrans.data.sources import Source
+    from jaxtrans.eval import cache
+    from jaxtrans.eval.suite import EvalSpec
+
+    monkeypatch.setenv("JAXTRANS_BASELINE_CACHE", str(tmp_path / "cache"))
+    data, model = tmp_path / "th.txt", tmp_path / "model.gguf"
+    data.write_text("สวัสดี\n")
+    model.write_bytes(b"weights")
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = []
+
+    def compute() -> dict:
+        calls.append(1)
+        (out / "baseline.translation.en-xx.hyp.txt").write_text("hyp\n")
+        (out / "unrelated.txt").write_text("x")
+        return {"target_nats_per_char": 1.5}
+
+    def key() -> str:
+        return cache.baseline_key(str(model), "cfg", EvalSpec(target_text=Source(str(data))), "tags", "baseline.")
+
+    first = cache.cached(key(), str(out), "baseline.", compute)
+    (out / "baseline.translation.en-xx.hyp.txt").unlink()
+    again = cache.cached(key(), str(out), "baseline.", compute)
+    assert len(calls) == 1 and first == {"target_nats_per_char": 1.5}
+    assert again == {**first, "from_cache": key()}
+    assert (out / "baseline.translation.en-xx.hyp.txt").read_text() == "hyp\n"  # its files come back too
+    stored = json.load(open(tmp_path / "cache" / f"{key()}.json"))
+    assert list(stored["files"]) == ["baseline.translation.en-xx.hyp.txt"]  # only the measurement's own files
+    old = key()
+    data.write_text("สวัสดีครับ\n")
+    assert key() != old
+    cache.cached(key(), str(out), "baseline.", compute)
+    assert len(calls) == 2
+    old = key()
+    model.write_bytes(b"other weights")
+    assert key() != old
+    monkeypatch.setenv("JAXTRANS_BASELINE_CACHE", "off")
+    cache.cached(old, str(out), "baseline.", compute)
+    assert len(calls) == 3

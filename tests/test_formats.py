@@ -98,3 +98,44 @@ def test_packing_keeps_examples_apart(smollm2):
     assert pack(long, 16)[1].truncated == 1 and pack(long, 16, too_long="skip")[1].skipped == 1
     with pytest.raises(JaxtransError, match="example 0 has 40 tokens, more than the 16-token rows"):
         pack(long, 16, too_long="error")
+
+
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("<EN> What is X? <RESPONSE> X is Y. <TH> X คือ Y", True),
+        ("<EN>q<RESPONSE>a<TH>t", True),  # no spaces needed
+        ("preamble <EN> q <RESPONSE> a <TH> t", True),  # text before the structure does not break it
+        ("<EN> q <TH> t <RESPONSE> a", False),  # out of order
+        ("<EN> q <RESPONSE> a <TH>", False),  # no target answer
+        ("<EN> <RESPONSE> a <TH> t", False),  # empty English query
+        ("<EN> q <RESPONSE> a", False),  # cut before the target tag
+        ("> What is the English word? Thai word", False),  # the base tokens, not the tags
+        ("<RESPONSE> an English answer", False),
+    ],
+)
+def test_tcot_format_on_golden_answers(text, ok):
+    from jaxtrans.infer.tcot import format_rate, in_format
+
+    assert in_format(text) is ok
+    assert in_format(text.replace("<TH>", "<NE>"), Tags(target="<NE>")) is ok
+    assert format_rate([text, "<EN> q <RESPONSE> a <TH> t"]) == (1.0 if ok else 0.5)
+    assert format_rate([]) == 0.0
+
+
+@pytest.mark.parametrize("name", ["smollm2", "llama2"])
+def test_answers_are_cut_at_whole_characters(name, request):
+    """Every prefix of a Thai answer's ids (as ``max_new_tokens`` cuts them) decodes to whole characters: a
+    prefix of the text, no U+FFFD, and the dropped partial sequence counted."""
+    from jaxtrans.data.template import decode_answer, malformed
+
+    tok = request.getfixturevalue(name)
+    text = "สวัสดีครับ ภาษาไทย 🙂"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    partial = 0
+    for n in range(1, len(ids) + 1):
+        got = decode_answer(tok, ids[:n], [])
+        assert "\ufffd" not in got and text.startswith(got), (n, got)
+        partial += malformed(tok, ids[:n], []) > 0
+    assert decode_answer(tok, ids, []) == text and malformed(tok, ids, []) == 0
+    assert partial > 0  # byte-level pieces of Thai / the emoji: some cuts fall inside a character

@@ -67,13 +67,17 @@ def test_every_stage_kind_runs_and_hands_off(full_run):
     assert stages["pretrain"]["new_rows_digest_in"] == stages["vocab"]["new_rows_digest"]
     assert stages["vocab"]["new_tokens"] >= 100
     # generation filled the missing fields, cached to JSONL: base answers for KD/TCOT/TaCo, translations by "self"
-    gen = os.path.join(out, "stages", "transfer", "generated")
+    gen = os.path.join(out, "generated")  # shared by the stages, keyed by the generating state
     answers = [json.loads(line) for line in open(os.path.join(gen, "answers.jsonl"))]
     # recovery + tcot prompts (taco has its answers), each generated once
     assert len({a["input"] for a in answers}) == len(answers) == 6 + 6
     assert os.path.getsize(os.path.join(gen, "to_target.jsonl")) > 0
     assert os.path.isfile(os.path.join(out, "report.md"))
     assert [p["label"] for p in report["points"]] == ["0_base", "2_pretrain", "3_translate", "4_transfer"]
+    # every point answers the held-out prompts: English retention and TCOT format rate along the curriculum
+    assert all(len(p["en_answers"]) == 4 and 0 <= p["tcot_format_rate"] <= 1 for p in report["points"])
+    md = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    assert "## Outcome" in md and "TCOT format rate" in md and "\ufffd" not in md
     # the eval stage measured the final state and the original model on the same data, and wrote its report
     final = json.load(open(os.path.join(out, "eval", "final", "eval.json")))
     assert final["state"] == stages["transfer"]["digest_out"]
@@ -147,3 +151,22 @@ def test_a_new_stage_kind_is_one_module_and_one_registration(tiny_model, tmp_pat
     assert report["notes"]["note"] == {"after": ["sft"], "state": report["stages"]["sft"]["digest_out"]}
     with open(os.path.join(cfg.output_dir, "stages", "note", "note.txt")) as f:
         assert f.read() == f"hello {report['stages']['sft']['digest_out']}\n"
+
+
+@pytest.mark.parametrize(
+    "config", ["thai.py", "thai.py:local", "thai.py:llama2_7b", "taco_nepali.py", "taco_nepali.py:local",
+               "bailong_zh_hant.py", "bailong_zh_hant.py:local"],
+)  # fmt: skip
+def test_every_shipped_config_passes_its_checks(config, shared_data):
+    """Each recipe's values, and (local and embedded variants) its local data, read the way a run reads them:
+    the script of every target-language source included."""
+    import jax
+
+    from jaxtrans import pipeline, sharding
+    from jaxtrans.config import load_file
+
+    cfg = load_file(os.path.join(REPO, "configs", config))
+    pipeline.check(cfg)
+    if not cfg.model.path.startswith("meta-llama/"):  # the hub models' tokenizers would need the network
+        counts = pipeline.preflight(cfg, sharding.make_mesh(1, 1, 1, jax.devices()[:1]))  # one CPU device
+        assert counts and all(n > 0 for n in counts.values())

@@ -186,3 +186,20 @@ def test_tpu_plan_errors_come_before_compiling(smol_tiny, monkeypatch):
     cfg.mesh.fsdp = 1
     devices, compiler = plan._target(cfg, "v5e", None)  # no topology asked for: the local compiler, labelled
     assert devices is None and "an estimate, not the TPU's" in compiler and "pip install libtpu" in compiler
+
+
+@needs_libtpu
+def test_the_frozen_models_decode_compiles_for_a_v5e_slice_with_its_kv_cache(smol_tiny):
+    """Recovery-KD generation planned like the step: the TPU compiler's peak holds the weights and a KV cache
+    that grows with the batch and the lengths."""
+    from jaxtrans import plan
+
+    cfg = _tiny_tpu_config(smol_tiny, (1, 4, 1))
+    cfg.generation.max_new_tokens = 64
+    small = plan.plan_generation(cfg, "v5e", "v5e:2x2", prompt_len=64)
+    cfg.generation.batch_size *= 4
+    big = plan.plan_generation(cfg, "v5e", "v5e:2x2", prompt_len=256)
+    assert small["compiler"].startswith("TPU compiler") and small["fits"]
+    assert big["kv_cache_bytes"] == small["kv_cache_bytes"] * 4 * (256 + 64) // (64 + 64)
+    assert big["peak"] - small["peak"] >= 0.5 * (big["kv_cache_bytes"] - small["kv_cache_bytes"]) / 4  # per device
+    assert small["peak"] >= small["weights_per_device"]

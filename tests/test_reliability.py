@@ -346,3 +346,37 @@ def test_long_pretraining_documents_are_split_into_rows_not_cut():
     examples, names = encode(comp, [{"text": doc, "_where": "x.txt:1"}], Tok(), Language(), seq_len=64)
     assert sum(len(ids) - 1 for ids, _ in examples) == len(doc) - 1  # every target kept
     assert max(len(ids) for ids, _ in examples) == 65 and names == ["x.txt:1"] * len(examples)
+
+
+def test_a_qlora_run_measures_the_nf4_base_apart_from_the_original(smol_tiny, shared_data, tmp_path):
+    """The baseline a QLoRA run must beat is the NF4 base, not the float original: both are in the report."""
+    out = str(tmp_path / "run")
+    _main(f"{smol_tiny},qlora", out)
+    points = {p["label"]: p for p in _report(out)["points"]}
+    assert list(points) == ["0_base", "0_base_nf4", "1_a", "2_b"]
+    base, nf4 = points["0_base"]["target_nats_per_char"], points["0_base_nf4"]["target_nats_per_char"]
+    assert base != nf4 and abs(base - nf4) / base < 0.5  # quantisation moved it, a little
+    assert points["0_base_nf4"]["state"] == "base+nf4"
+    report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    assert "| 0_base_nf4 |" in report and "## Outcome" in report
+
+
+def test_a_branch_starts_from_the_stage_it_names(smol_tiny, shared_data, tmp_path):
+    """``start_from`` (an ablation from the same state): stage c starts where a ended, not where b did; a
+    start_from naming a later or unknown stage is refused before any weight is read."""
+    out = str(tmp_path / "run")
+    _main(f"{smol_tiny},branch", out)
+    stages = _report(out)["stages"]
+    assert stages["c"]["digest_in"] == stages["a"]["digest_out"] != stages["b"]["digest_out"]
+    bad = _main(f"{smol_tiny},branch", str(tmp_path / "bad"), "--config.stages.a.start_from=c", code=2)
+    assert "stages.a.start_from='c' must name a train stage before it" in _error_line(bad)
+
+
+def test_text_in_another_script_is_refused_before_any_weight_is_read(smol_tiny, shared_data, tmp_path):
+    """Thai sentence pairs declared as Nepali: one line naming the stage, the component and the file."""
+    out = str(tmp_path / "run")
+    done = _main(smol_tiny, out, "--config.language.code=ne", "--config.language.name=Nepali", code=2)
+    line = _error_line(done)
+    assert "stage 'a', data component 'a.pairs'" in line and "talpco_en_th.jsonl" in line
+    assert "% of its" in line and "letters are Devanagari" in line
+    assert "loaded" not in done.stdout  # refused before the model was read

@@ -1,6 +1,9 @@
 """Two small train stages on a tiny model (tests/test_reliability.py): enough to change, restart and lock runs.
 
-python -m jaxtrans.main --config tests/tiny_two_stages.py:MODEL_DIR --config.output_dir=OUT
+python -m jaxtrans.main --config tests/tiny_two_stages.py:MODEL_DIR[,OPTION...] --config.output_dir=OUT
+
+Options: ``qlora`` (NF4 base, with held-out Thai loss measured at every point), ``branch`` (a third stage ``c``
+that starts from ``a``'s end, as an ablation would).
 """
 
 import os
@@ -12,7 +15,8 @@ from jaxtrans.config import component, run_defaults, source, train_stage
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data")
 
 
-def get_config(model_dir: str) -> config_dict.ConfigDict:
+def get_config(arg: str) -> config_dict.ConfigDict:
+    model_dir, *options = arg.split(",")
     cfg = run_defaults()
     cfg.model.path = model_dir
     cfg.lora.rank, cfg.lora.alpha = 2, 4.0
@@ -25,6 +29,14 @@ def get_config(model_dir: str) -> config_dict.ConfigDict:
         "a": train_stage({"pairs": component("translate", pairs)}, **small),
         "b": train_stage({"pairs": component("translate", pairs, directions="forward")}, **small),
     })  # fmt: skip
+    if "qlora" in options:
+        cfg.lora.quantized = True
+        thaigov = os.path.join(DATA, "th-thaigov", "thaigov_sample.jsonl")
+        cfg.eval.target_text = source(thaigov, limit=2)
+    if "branch" in options:
+        cfg.curriculum = ("a", "b", "c")
+        cfg.stages.c = train_stage({"pairs": component("translate", pairs, directions="forward")}, start_from="a",
+                                   **small)  # fmt: skip
     cfg.output_dir = "runs/tiny_two_stages"
     cfg.lock()
     return cfg

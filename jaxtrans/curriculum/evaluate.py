@@ -46,6 +46,6 @@ def run(state: RunState, name: str, stage: Any) -> None:
         s = spec(state.cfg, stage)
         s = dataclasses.replace(s, model_id=f"{s.model_id}-{name}")
         where = out if jax.process_index() == 0 else tempfile.mkdtemp()
-        evaluate(state.view(), state.lang.tags, s, where, state.view(trained=False), title=name, state=digest,
-                 settings=settings)  # fmt: skip
+        evaluate(state.view(), state.lang.tags, s, where, state.view(trained=False), title=name,
+                 baseline_model=state.cfg.model.path, state=digest, settings=settings)  # fmt: skip
     state.record("evals", name, {"dir": out, "state": digest})

@@ -1,5 +1,11 @@
 """Generated fields of training data: the frozen model's English answers and translations into and out of
-the target language, each cached line by line under the stage's ``generated/`` folder."""
+the target language, each cached line by line under the run's ``generated/`` folder.
+
+Lines are keyed by the generating model's state and the input, so stages share
+them: the frozen model's answers are generated once for every stage that needs
+them, and a branch (``start_from``) reuses the translations of the state it
+starts at.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from jaxtrans.model import llama
 from jaxtrans.view import ModelView
 
 
-def _generator(state: RunState, view: ModelView, label: str, stage_dir: str, what: str) -> Any:
+def _generator(state: RunState, view: ModelView, label: str, what: str) -> Any:
     gen = state.cfg.generation
 
     def batch_fn(prompts: list[str]) -> list[str]:
@@ -24,7 +30,7 @@ def _generator(state: RunState, view: ModelView, label: str, stage_dir: str, wha
 
     def fn(texts: list[str]) -> list[str]:
         settings = f"{label}|{gen.max_new_tokens}"
-        path = os.path.join(stage_dir, "generated", f"{what}.jsonl")
+        path = os.path.join(state.out, "generated", f"{what}.jsonl")
         return cached_generate(path, texts, batch_fn, settings, gen.batch_size, desc=what)
 
     return fn
@@ -38,10 +44,10 @@ def _translator(path: str, dtype: str, mesh: Any) -> tuple[Any, Any]:
     return load_pretrained(path, dtype=dtype, mesh=mesh)
 
 
-def _translations(state: RunState, view: ModelView, label: str, stage_dir: str) -> tuple[Any, Any]:
+def _translations(state: RunState, view: ModelView, label: str) -> tuple[Any, Any]:
     """(to_target, to_english) functions translating lists of texts with ``view``."""
-    fwd = _generator(state, view, label, stage_dir, "to_target")
-    bwd = _generator(state, view, label, stage_dir, "to_english")
+    fwd = _generator(state, view, label, "to_target")
+    bwd = _generator(state, view, label, "to_english")
     lang = state.lang.name
 
     def to_target(texts: list[str]) -> list[str]:
@@ -53,20 +59,21 @@ def _translations(state: RunState, view: ModelView, label: str, stage_dir: str) 
     return to_target, to_english
 
 
-def fillers(state: RunState, stage_dir: str) -> Fillers:
+def fillers(state: RunState) -> Fillers:
     """English answers from the frozen base; translations from the configured translator.
 
     ``translator.model``: ``self`` (the model as trained so far: TransLLM's
     recipe; nothing before the first train stage), ``none``, or a model path
     (into the target language only).
     """
-    answer = _generator(state, state.view(trained=False), f"base:{state.cfg.model.path}", stage_dir, "answers")
+    nf4 = "+nf4" if state.adapters.quantized else ""  # QLoRA: the frozen model answers with its NF4 weights
+    answer = _generator(state, state.view(trained=False), f"base:{state.cfg.model.path}{nf4}", "answers")
     t = state.cfg.translator
     to_target = to_english = None
     if t.model == "self" and state.trainable is not None:
-        to_target, to_english = _translations(state, state.view(), f"self:{state.state_digest()}", stage_dir)
+        to_target, to_english = _translations(state, state.view(), f"self:{state.state_digest()}")
     elif t.model not in ("self", "none"):
         other, tok = _translator(t.model, state.cfg.model.dtype, state.mesh)
         view = ModelView(other.config, llama.Adapters(), {"params": other.params}, tok)
-        to_target, _ = _translations(state, view, f"model:{t.model}", stage_dir)
+        to_target, _ = _translations(state, view, f"model:{t.model}")
     return Fillers(answer=answer, to_target=to_target, to_english=to_english)

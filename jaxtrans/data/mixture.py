@@ -5,7 +5,8 @@ A component is one config block::
     kind:    pretrain | translate | tcot | recovery_kd | taco | sft
     source:  where the records come from (see ``jaxtrans.data.sources``)
     weight:  share of the stage's rows (mixtures; weights are normalised)
-    options: directions (translate: both | forward), style (translate: chat | tagged), system (a system prompt)
+    options: directions (translate: both | forward), style (translate: chat | tagged), system (a system prompt),
+             language (target | en: whose script the text is checked against; en for English replay)
 
 What each kind reads (roles; ``?`` = filled in by a model when the data lacks it):
 
@@ -65,6 +66,7 @@ class Component:
     directions: str = "both"
     style: str = "chat"
     system: str = ""
+    language: str = "target"  # pretrain text in the target language, or "en" (English replay): see target_texts
 
     @classmethod
     def from_config(cls, name: str, block: Any) -> Component:
@@ -75,7 +77,7 @@ class Component:
         if "source" not in d:
             raise JaxtransError(f"data component {name!r} has no source; give source.path")
         source = Source.from_config(d.pop("source"))
-        unknown = set(d) - {"weight", "directions", "style", "system"}
+        unknown = set(d) - {"weight", "directions", "style", "system", "language"}
         if unknown:
             raise JaxtransError(f"data component {name!r}: unknown keys {sorted(unknown)}")
         comp = cls(name=name, kind=kind, source=source, **d)
@@ -83,7 +85,21 @@ class Component:
             raise JaxtransError(f"data component {name!r}: weight must be positive, got {comp.weight}")
         if comp.directions not in ("both", "forward") or comp.style not in ("chat", "tagged"):
             raise JaxtransError(f"data component {name!r}: directions is both|forward, style is chat|tagged")
+        if comp.language not in ("target", "en"):
+            raise JaxtransError(f"data component {name!r}: language is target (the run's language) or en")
         return comp
+
+
+# The roles of each kind that hold target-language text (checked for the language's script before a run)
+TARGET_ROLES = {"pretrain": ("text",), "translate": ("tgt",), "tcot": ("query", "answer"),
+                "taco": ("target_instruction", "target_response")}  # fmt: skip
+
+
+def target_texts(comp: Component, record: dict) -> list[str]:
+    """The target-language texts of one record (none for English components and kinds of any language)."""
+    if comp.language == "en":
+        return []
+    return [record[r] for r in TARGET_ROLES.get(comp.kind, ()) if isinstance(record.get(r), str)]
 
 
 @dataclasses.dataclass(frozen=True)

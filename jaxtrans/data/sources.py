@@ -8,6 +8,8 @@ A *source* is a small config block::
     aligned:  a second text file, line-aligned with ``path`` (parallel corpora such as FLORES): records
               are ``{"src": line of path, "tgt": line of aligned}``
     columns:  role -> column, e.g. ``{"src": "en", "tgt": "th"}``; a column may index a list (``turns.0``)
+    explode:  a column holding a list: each of its items is a record (``paragraphs`` of a SQuAD-format article),
+              named ``file: record i, paragraphs[j]``
     split, streaming, limit (0 = all), skip (leave out the first records),
     skip_bad (count and report bad records instead of failing)
 
@@ -50,6 +52,7 @@ class Source:
     limit: int = 0
     skip: int = 0  # leave out the first records (e.g. the ones a held-out set uses)
     skip_bad: bool = False
+    explode: str = ""  # a list column whose items are the records (XQuAD: ``paragraphs``, one record per paragraph)
 
     @classmethod
     def from_config(cls, block: Any) -> Source:
@@ -61,7 +64,7 @@ class Source:
         if unknown:
             raise JaxtransError(
                 f"data source keys {sorted(unknown)} are unknown; use path, format, columns, "
-                "aligned, split, streaming, limit, skip, skip_bad"
+                "aligned, split, streaming, limit, skip, skip_bad, explode"
             )
         if "columns" in d:
             d["columns"] = tuple(sorted(dict(d["columns"]).items()))
@@ -234,6 +237,17 @@ def _aligned_records(src: Source) -> Iterator[tuple[str, Any]]:
         yield f"{src.path}:{n}", {"src": a, "tgt": b}
 
 
+def _exploded(raw: Iterator[tuple[str, Any]], column: str) -> Iterator[tuple[str, Any]]:
+    """Each item of the list in ``column`` as a record of its own (a record without that list is malformed)."""
+    for where, rec in raw:
+        items = _lookup(rec, column) if isinstance(rec, dict) else None
+        if not isinstance(items, list):
+            yield where, _Malformed(f"no list column {column!r} to explode")
+            continue
+        for j, item in enumerate(items):
+            yield f"{where}, {column}[{j}]", item
+
+
 def _lookup(rec: dict, column: str) -> Any:
     value: Any = rec
     for part in column.split("."):
@@ -271,6 +285,8 @@ def read(
         raw = _aligned_records(src)
     else:
         raw = (r for f in _files(src.path) for r in _raw_records(f, _format(f, src.format)))
+    if src.explode:
+        raw = _exploded(raw, src.explode)
     kept = 0
     for n, (where, rec) in enumerate(raw):
         problem = None

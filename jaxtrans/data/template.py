@@ -45,6 +45,24 @@ def chat_ids(tokenizer: Any, questions: Sequence[str]) -> tuple[list[list[int]],
 
 
 def decode_answer(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> str:
-    """Text of generated ids without the stop tokens, keeping added special tokens such as the TCOT tags."""
+    """Text of generated ids without the stop tokens, keeping added special tokens such as the TCOT tags.
+
+    Only whole characters are kept: byte-level tokens that do not complete a
+    UTF-8 character (an answer cut inside a Thai character, or stray bytes
+    the model emitted) decode to U+FFFD, and those are dropped; see
+    :func:`malformed` to count them.
+    """
+    return _decode(tokenizer, ids, stops).replace(REPLACEMENT, "").strip()
+
+
+REPLACEMENT = "\ufffd"  # what a tokenizer decodes an incomplete UTF-8 byte sequence to
+
+
+def malformed(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> int:
+    """How many incomplete UTF-8 sequences :func:`decode_answer` dropped from these ids."""
+    return _decode(tokenizer, ids, stops).count(REPLACEMENT)
+
+
+def _decode(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> str:
     drop = set(stops) | {tokenizer.pad_token_id, tokenizer.bos_token_id}
-    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False).strip()
+    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     view, tags = load_view(args.model, args.adapter)
     baseline = load_view(args.baseline)[0] if args.baseline else None
     title = args.model + (f" + {args.adapter}" if args.adapter else "")
-    return evaluate(view, tags, spec, args.out, baseline=baseline, title=title)
+    return evaluate(view, tags, spec, args.out, baseline=baseline, title=title, baseline_model=args.baseline or "")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ per-character figure compares the model before and after it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -14,11 +15,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from jaxtrans import xla_options
 from jaxtrans.data.formats import encode_text
 from jaxtrans.data.pack import pack
-from jaxtrans.data.template import chat_ids, decode_answer
+from jaxtrans.data.template import chat_ids, decode_answer, malformed
 from jaxtrans.infer.generate import SamplingConfig, generate
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
@@ -56,7 +58,12 @@ def pieces(text: str, max_chars: int) -> list[str]:
 
 
 def nats_per_char(
-    view: ModelView, texts: Sequence[str], seq_len: int = 512, batch: int = 8, max_chars: int = 120
+    view: ModelView,
+    texts: Sequence[str],
+    seq_len: int = 512,
+    batch: int = 8,
+    max_chars: int = 120,
+    desc: str = "held-out loss",
 ) -> float:
     """Total next-token loss over ``texts`` divided by their characters.
 
@@ -70,7 +77,7 @@ def nats_per_char(
     padded = -(-n // batch) * batch
     rows = {k: np.concatenate([v, np.zeros((padded - n, seq_len), np.int32)]) for k, v in rows.items()}
     total = 0.0
-    for i in range(0, padded, batch):
+    for i in tqdm(range(0, padded, batch), desc=desc, leave=False, disable=jax.process_index() != 0):
         chunk = {k: jnp.asarray(v[i : i + batch]) for k, v in rows.items()}
         s, _ = _loss_fn()(view.cfg, view.adapters, view.variables, chunk)
         total += float(s)
@@ -78,23 +85,46 @@ def nats_per_char(
     return total / max(chars, 1)
 
 
-def answers(view: ModelView, prompts: Sequence[str], max_new_tokens: int = 64, batch: int = 8) -> list[str]:
-    """Greedy single-turn answers, decoded without special tokens."""
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One greedy answer: its text (whole characters only), whether ``max_new_tokens`` ended it before a stop
+    token, and how many incomplete UTF-8 sequences were dropped from it."""
+
+    text: str
+    cut: bool = False
+    malformed: int = 0
+
+
+def generations(
+    view: ModelView, prompts: Sequence[str], max_new_tokens: int = 64, batch: int = 8, desc: str = "answers"
+) -> list[Answer]:
+    """Greedy single-turn answers, with a progress bar over the prompts."""
     ids, stops = chat_ids(view.tokenizer, prompts)
     pad = view.tokenizer.pad_token_id if view.tokenizer.pad_token_id is not None else 0
-    out: list[str] = []
-    for i in range(0, len(ids), batch):
-        gen = generate(
-            view.cfg,
-            view.variables,
-            ids[i : i + batch],
-            SamplingConfig(max_new_tokens=max_new_tokens),
-            stops,
-            pad,
-            adapters=view.adapters,
-        )
-        out += [decode_answer(view.tokenizer, g, stops) for g in gen]
+    out: list[Answer] = []
+    with tqdm(total=len(ids), desc=desc, leave=False, disable=not ids or jax.process_index() != 0) as bar:
+        for i in range(0, len(ids), batch):
+            gen = generate(
+                view.cfg,
+                view.variables,
+                ids[i : i + batch],
+                SamplingConfig(max_new_tokens=max_new_tokens),
+                stops,
+                pad,
+                adapters=view.adapters,
+            )
+            for g in gen:
+                cut = not g or g[-1] not in stops
+                out.append(Answer(decode_answer(view.tokenizer, g, stops), cut, malformed(view.tokenizer, g, stops)))
+            bar.update(len(gen))
     return out
+
+
+def answers(
+    view: ModelView, prompts: Sequence[str], max_new_tokens: int = 64, batch: int = 8, desc: str = "answers"
+) -> list[str]:
+    """The texts of :func:`generations`."""
+    return [a.text for a in generations(view, prompts, max_new_tokens, batch, desc)]
 
 
 def agreement(reference: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:

@@ -26,6 +26,7 @@ SCALARS = (
     ("advbench_refusal_rate", "AdvBench refusal rate", "higher"),
     ("fertility.tokens_per_char", "target tokens per character", "lower"),
     ("en_agreement.chrf", "English answers: chrF vs original", "higher"),
+    ("tcot_format_rate", "TCOT format rate (target prompts)", "higher"),
 )
 
 
@@ -117,8 +118,8 @@ def eval_markdown(result: dict[str, Any], plots: Sequence[str] = ()) -> list[str
 # ---------------------------------------------------------------- a run (report.md)
 
 
-def _plot_run(run_dir: str, report: dict) -> list[str]:
-    """loss.png (training loss of every stage, one after the other) and heldout.png (held-out loss per point)."""
+def _plot_run(run_dir: str, report: dict, tags: Tags) -> list[str]:
+    """loss.png (training loss of every stage, one after the other) and heldout.png (the points' metrics)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,18 +141,45 @@ def _plot_run(run_dir: str, report: dict) -> list[str]:
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "loss.png"), dpi=100)
     plt.close(fig)
-    points = report["points"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for key, label in (("target_nats_per_char", "target-language text"), ("en_nats_per_char", "English text")):
-        if any(key in p for p in points):
-            ax.plot([p["label"] for p in points], [p.get(key) for p in points], marker="o", label=label)
-    ax.set_ylabel("held-out loss (nats/char)")
-    if ax.lines:
-        ax.legend()
+    return ["loss.png", _plot_points(run_dir, report["points"], tags)]
+
+
+def _with_agreement(points: list[dict], tags: Tags) -> list[dict]:
+    """The points, each with its English answers' agreement with the original's (the first point's)."""
+    base, out = points[0], []
+    for p in points:
+        if "en_answers" in p and "en_answers" in base:
+            p = {
+                **p,
+                "en_agreement": agreement(base["en_answers"], [parse(a, tags).answer or a for a in p["en_answers"]]),
+            }
+        out.append(p)
+    return out
+
+
+def _plot_points(run_dir: str, points: list[dict], tags: Tags) -> str:
+    """heldout.png: every metric the points have, one panel each, across the curriculum."""
+    import matplotlib.pyplot as plt
+
+    points = _with_agreement(points, tags)
+    shown = [(k, label) for k, label, _ in metrics(points[0]) if any(scalar(p, k) is not None for p in points)]
+    if not shown:  # no held-out data configured
+        return ""
+    cols = min(3, len(shown))
+    fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(4 * cols, 2.8 * -(-len(shown) // cols)),
+                             squeeze=False)  # fmt: skip
+    for ax in axes.flat[len(shown) :]:
+        ax.axis("off")
+    for ax, (key, label) in zip(axes.flat, shown, strict=False):
+        have = [(p["label"], scalar(p, key)) for p in points if scalar(p, key) is not None]
+        ax.plot([x for x, _ in have], [y for _, y in have], marker="o")
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "heldout.png"), dpi=100)
     plt.close(fig)
-    return ["loss.png", "heldout.png"]
+    return "heldout.png"
 
 
 def _stages(report: dict) -> list[str]:
@@ -177,21 +205,54 @@ def _stages(report: dict) -> list[str]:
 
 
 def _points(points: list[dict], tags: Tags) -> list[str]:
-    """The held-out table: every suite metric any point has, and English answers against the original's."""
+    """The held-out table: every suite metric any point has (English answers against the original's too)."""
+    points = _with_agreement(points, tags)
     shown = [(k, label) for k, label, _ in metrics(points[0]) if any(scalar(p, k) is not None for p in points)]
-    lines = ["", "## Held-out loss and English retention", "",
+    lines = ["", "## Held-out measurements at every point", "",
              "Loss is nats per character (comparable across tokenizers). Agreement compares greedy answers to "
              "English prompts with the original model's (the `<RESPONSE>` tag removed).", "",
-             "| point | " + " | ".join(label for _, label in shown) + " | English answers: exact | chrF vs original |",
-             "|---|" + "---|" * (len(shown) + 2)]  # fmt: skip
-    base = points[0]
+             *(["![heldout](heldout.png)", ""] if shown else []),
+             "| point | " + " | ".join(label for _, label in shown) + " | English answers: exact |",
+             "|---|" + "---|" * (len(shown) + 1)]  # fmt: skip
     for p in points:
-        agree: dict = {"exact_match": None, "chrf": None}
-        if "en_answers" in p and "en_answers" in base:
-            agree = agreement(base["en_answers"], [parse(a, tags).answer or a for a in p["en_answers"]])
-        cells = [fmt(scalar(p, k)) for k, _ in shown] + [fmt(agree["exact_match"]), fmt(agree["chrf"])]
+        cells = [fmt(scalar(p, k)) for k, _ in shown] + [fmt(scalar(p, "en_agreement.exact_match"))]
         lines.append(f"| {p['label']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _outcome(report: dict, tags: Tags) -> list[str]:
+    """What a reader checks first: did the format take, did target loss hold, did English stay; and each
+    branch (a stage with ``start_from``, e.g. an ablation) beside the result."""
+    points = _with_agreement(report["points"], tags)
+    base, last = points[0], points[-1]
+    lines = []
+    for name, st in report.get("stages", {}).items():
+        at = [p for p in points if p["label"].endswith(f"_{name}")]
+        if st.get("start_from") and at and at[-1] is not last:
+            b = at[-1]
+            lines.append(f"- branch `{name}` (from `{st['start_from']}`): English answers chrF "
+                         f"{fmt(scalar(b, 'en_agreement.chrf'))} against {fmt(scalar(last, 'en_agreement.chrf'))} "
+                         f"at the end; TCOT format rate {fmt(scalar(b, 'tcot_format_rate'))}; target loss "
+                         f"{fmt(scalar(b, 'target_nats_per_char'))}")  # fmt: skip
+    if "tcot_format_rate" in last:
+        n = len(last.get("target_answers", []))
+        lines.append(f"- TCOT format rate on held-out target-language prompts: {fmt(last['tcot_format_rate'])} "
+                     f"({round(last['tcot_format_rate'] * n)}/{n} answers with {tags.english} … {tags.response} … "
+                     f"{tags.target} in order)")  # fmt: skip
+    losses = [(p["label"], p["target_nats_per_char"]) for p in points if "target_nats_per_char" in p]
+    if len(losses) > 1:
+        low = min(losses, key=lambda x: x[1])
+        lines.append(f"- target held-out loss: {fmt(losses[-1][1])} nats/char at the end, {fmt(losses[0][1])} for the "
+                     f"original; the lowest was {fmt(low[1])} ({low[0]}): the end is {losses[-1][1] / low[1]:.3f}× "
+                     "the lowest")  # fmt: skip
+    if "en_answers" in base and "en_answers" in last and last is not base:
+        agree = agreement(base["en_answers"], [parse(a, tags).answer or a for a in last["en_answers"]])
+        lines.append(f"- English answers against the original model's: chrF {fmt(agree['chrf'])}, exact "
+                     f"{fmt(agree['exact_match'])} ({len(base['en_answers'])} held-out prompts)")  # fmt: skip
+    bad = sum(p.get("malformed_chars", 0) for p in points)
+    if bad:
+        lines.append(f"- {bad} incomplete UTF-8 sequences were dropped from generated answers (whole characters only)")
+    return ["## Outcome", "", *lines, ""] if lines else []
 
 
 def _samples(points: list[dict], tags: Tags, samples: int) -> list[str]:
@@ -199,13 +260,15 @@ def _samples(points: list[dict], tags: Tags, samples: int) -> list[str]:
     for key, title in (("en_answers", "English prompts"), ("target_answers", "Target-language prompts")):
         if key not in base or key not in last:
             continue
-        lines += ["", f"## Samples: {title} (first {samples})", ""]
+        lines += ["", f"## Samples: {title} (first {samples})", "",
+                  "An answer that `max_new_tokens` ended before the model stopped ends with ⟨cut⟩.", ""]  # fmt: skip
         for i in range(min(samples, len(base[key]))):
-            lines.append(f"**{i + 1}.** before: {base[key][i]!r}")
+            cut_before, cut_after = (" ⟨cut⟩" if i in p.get(f"{key}_cut", ()) else "" for p in (base, last))
+            lines.append(f"**{i + 1}.** before: {base[key][i]!r}{cut_before}")
             after = last[key][i]
             parts = parse(after, tags)
             shown = parts.answer if parts.answer is not None else after
-            lines.append(f"   after: {shown!r}" + ("" if shown == after else f" (full: {after!r})"))
+            lines.append(f"   after: {shown!r}{cut_after}" + ("" if shown == after else f" (full: {after!r})"))
             lines.append("")
     return lines
 
@@ -230,9 +293,10 @@ def write_markdown(path: str, report: dict, tags: Tags = Tags(), samples: int = 
     """``report.md`` of a run (and its two plots beside it)."""
     where = os.path.dirname(os.path.abspath(path))
     lines = [f"# jaxtrans run report — {report.get('model', '')}", ""]
-    for png in _plot_run(where, report):
-        lines += [f"![{png[:-4]}]({png})", ""]
-    lines += _stages(report) + _points(report["points"], tags) + _samples(report["points"], tags, samples)
+    _plot_run(where, report, tags)  # loss.png here, heldout.png in the held-out section
+    lines += ["![loss](loss.png)", ""]
+    lines += _outcome(report, tags) + _stages(report) + _points(report["points"], tags)
+    lines += _samples(report["points"], tags, samples)
     lines += _evals_and_use(report, where)
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ and after) into one folder, plus the translation hypothesis/reference files
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from jaxtrans.data import script
 from jaxtrans.data.sources import Source, read
 from jaxtrans.errors import JaxtransError
 from jaxtrans.eval.choice import ROLES as CHOICE_ROLES
@@ -74,6 +76,7 @@ class EvalSpec:
     language_name: str = "Thai"
     limit: int = 64  # records per data set, unless its source sets its own limit
     max_new_tokens: int = 128
+    target_max_new_tokens: int = 0  # for target_prompts (a TCOT answer is three answers long); 0: max_new_tokens
     model_id: str = "jaxtrans"
 
     @classmethod
@@ -92,8 +95,8 @@ class EvalSpec:
             raise JaxtransError(f"multiple_choice task names {names} repeat; give each a distinct name")
         d.setdefault("language", language)
         d.setdefault("language_name", language_name)
-        if d.get("limit", 1) <= 0 or d.get("max_new_tokens", 1) <= 0:
-            raise JaxtransError("eval limit and max_new_tokens must be positive")
+        if d.get("limit", 1) <= 0 or d.get("max_new_tokens", 1) <= 0 or d.get("target_max_new_tokens", 0) < 0:
+            raise JaxtransError("eval limit and max_new_tokens must be positive (target_max_new_tokens ≥ 0)")
         return cls(**d)
 
     def sources(self) -> list[tuple[str, Source, tuple[str, ...]]]:
@@ -109,8 +112,12 @@ class EvalSpec:
         for name, src, roles in self.sources():
             if src.path.startswith("hf:"):
                 continue
-            if next(iter(read(src, roles)), None) is None:
+            first = list(itertools.islice(read(src, roles), 200))
+            if not first:
                 raise JaxtransError(f"eval data {name!r} ({src.path}) has no records")
+            role = {"target_text": "text", "pairs": "target", "target_prompts": "prompt"}.get(name)
+            if role:
+                script.check([r[role] for r in first], self.language, f"eval data {name!r} ({src.path})")
 
     def records(self, name: str, optional: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         src, roles = {n: (s, r) for n, s, r in self.sources()}[name]
@@ -122,36 +129,45 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
     """Every metric ``spec`` asks for, on one model; files it writes start with ``prefix``."""
     from jaxtrans.data.formats import translate_prompt
     from jaxtrans.eval import choice, measures
-    from jaxtrans.infer.tcot import parse
+    from jaxtrans.infer.tcot import format_rate, parse
     from jaxtrans.vocab.fertility import fertility
 
     result: dict[str, Any] = {}
     n = spec.max_new_tokens
     if spec.target_text:
         texts = [r["text"] for r in spec.records("target_text")]
-        result["target_nats_per_char"] = measures.nats_per_char(view, texts)
+        result["target_nats_per_char"] = measures.nats_per_char(view, texts, desc=f"{prefix}target loss")
         result["fertility"] = fertility(view.tokenizer, texts)
     if spec.en_text:
-        result["en_nats_per_char"] = measures.nats_per_char(view, [r["text"] for r in spec.records("en_text")])
+        texts = [r["text"] for r in spec.records("en_text")]
+        result["en_nats_per_char"] = measures.nats_per_char(view, texts, desc=f"{prefix}English loss")
     if spec.pairs:
         rows = spec.records("pairs")
         en, tgt = [r["english"] for r in rows], [r["target"] for r in rows]
         lang = spec.language_name
         for direction, src, ref, sl, tl, code in (("en-xx", en, tgt, "English", lang, spec.language),
                                                   ("xx-en", tgt, en, lang, "English", "en")):  # fmt: skip
-            hyp = measures.answers(view, [translate_prompt(s, sl, tl) for s in src], n)
-            hyp = [h.split("\n")[0].strip() for h in hyp]  # the translation is the first line of the answer
+            got = _answers(
+                view, [translate_prompt(s, sl, tl) for s in src], n, f"{prefix}translate {direction}", result
+            )
+            # the translation is the first line of the answer (its TCOT part for the target language, if tagged)
+            hyp = [(parse(h, tags).answer or h).split("\n")[0].strip() for h in got]
             for name, lines in (("hyp", hyp), ("ref", ref)):
                 with open(os.path.join(out, f"{prefix}translation.{direction}.{name}.txt"), "w") as f:
                     f.writelines(x.replace("\n", " ") + "\n" for x in lines)
             result[f"translation_{direction}"] = translation_scores(hyp, ref, code)
     if spec.en_prompts:
         prompts = [r["prompt"] for r in spec.records("en_prompts")]
-        result["en_answers"] = [parse(a, tags).answer or a for a in measures.answers(view, prompts, n)]
+        got = _answers(view, prompts, n, f"{prefix}English answers", result, "en_answers")
+        result["en_answers"] = [parse(a, tags).answer or a for a in got]
     if spec.target_prompts:  # kept whole (TCOT tags included): the report shows the target-language part
-        result["target_answers"] = measures.answers(view, [r["prompt"] for r in spec.records("target_prompts")], n)
+        prompts = [r["prompt"] for r in spec.records("target_prompts")]
+        got = _answers(view, prompts, spec.target_max_new_tokens or n, f"{prefix}target answers", result,
+                       "target_answers")  # fmt: skip
+        result["target_answers"] = got
+        result["tcot_format_rate"] = format_rate(got, tags)
     if spec.advbench:
-        outs = measures.answers(view, [r["prompt"] for r in spec.records("advbench")], n)
+        outs = _answers(view, [r["prompt"] for r in spec.records("advbench")], n, f"{prefix}AdvBench", result)
         result["advbench_refusal_rate"] = sum(refused(o) for o in outs) / len(outs)
         result["advbench_n"] = len(outs)
     for task in spec.multiple_choice:
@@ -165,12 +181,28 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
     return result
 
 
+def _answers(view: Any, prompts: list[str], n: int, desc: str, result: dict, key: str = "") -> list[str]:
+    """Answer texts; adds the malformed-character count to ``result`` and, under ``key + "_cut"``, which
+    answers ``max_new_tokens`` ended (the report marks them)."""
+    from jaxtrans.eval import measures
+
+    got = measures.generations(view, prompts, n, desc=desc)
+    result["malformed_chars"] = result.get("malformed_chars", 0) + sum(a.malformed for a in got)
+    if key:
+        result[f"{key}_cut"] = [i for i, a in enumerate(got) if a.cut]
+    return [a.text for a in got]
+
+
 def _answer_file(view: Any, tags: Any, spec: EvalSpec, rows: list[dict], path: str) -> None:
     """FastChat ``model_answer`` JSONL: one line per question, every turn answered in one conversation."""
+    import jax
+    from tqdm import tqdm
+
     from jaxtrans.infer.tcot_chat import TcotChat
 
     with open(path, "w", encoding="utf-8") as f:
-        for i, row in enumerate(rows):
+        bar = tqdm(rows, desc=f"answer file {os.path.basename(path)}", leave=False, disable=jax.process_index() != 0)
+        for i, row in enumerate(bar):
             turns = row["turns"] if isinstance(row["turns"], list) else [row["turns"]]
             chat = TcotChat.from_view(view, spec.max_new_tokens, tags=tags)
             line = {
@@ -184,21 +216,36 @@ def _answer_file(view: Any, tags: Any, spec: EvalSpec, rows: list[dict], path: s
 
 
 def evaluate(
-    view: Any, tags: Any, spec: EvalSpec, out: str, baseline: Any = None, title: str = "", **meta: Any
+    view: Any,
+    tags: Any,
+    spec: EvalSpec,
+    out: str,
+    baseline: Any = None,
+    title: str = "",
+    baseline_model: str = "",
+    **meta: Any,
 ) -> dict[str, Any]:
     """Measure ``view`` (and ``baseline``, the original model, when given) and write the report into ``out``.
 
     The result holds the model's metrics at the top level and the original's
     under ``"baseline"``; English answers are compared with the original's.
-    ``meta`` (e.g. the pipeline's state digest) is stored with the result.
+    With ``baseline_model`` (the original's path) the original's numbers are
+    cached across runs (``jaxtrans.eval.cache``). ``meta`` (e.g. the
+    pipeline's state digest) is stored with the result.
     """
     from jaxtrans.data.formats import Tags
-    from jaxtrans.eval import measures, report
+    from jaxtrans.eval import cache, measures, report
 
     os.makedirs(out, exist_ok=True)
     result: dict[str, Any] = {"title": title, **measure(view, tags, spec, out)}
     if baseline is not None:
-        before = measure(baseline, Tags(), dataclasses.replace(spec, questions=()), out, prefix="baseline.")
+        bspec = dataclasses.replace(spec, questions=(), model_id="")
+        compute = lambda: measure(baseline, Tags(), bspec, out, prefix="baseline.")  # noqa: E731
+        if baseline_model:
+            key = cache.baseline_key(baseline_model, (baseline.cfg, baseline.adapters), bspec, Tags(), "baseline.")
+            before = cache.cached(key, out, "baseline.", compute)
+        else:
+            before = compute()
         result["baseline"] = before
         if "en_answers" in before:
             result["en_agreement"] = measures.agreement(before["en_answers"], result["en_answers"])

@@ -33,3 +33,23 @@ def parse(text: str, tags: Tags = Tags()) -> TcotParts:
         return TcotParts(None, en_answer, en_answer, True)
     complete = all((en_query, en_answer, target))  # an empty part is as good as a missing one
     return TcotParts(en_query, en_answer, target, complete)
+
+
+def in_format(text: str, tags: Tags = Tags()) -> bool:
+    """Whether ``text`` has TCOT's structure: the English tag, the response tag and the target tag in this
+    order, with something (query, English answer, target answer) after each."""
+    marks = (tags.english, tags.response, tags.target)
+    starts, at = [], 0
+    for mark in marks:
+        i = text.find(mark, at)
+        if i < 0:
+            return False
+        starts.append(i)
+        at = i + len(mark)
+    ends = [*starts[1:], len(text)]
+    return all(text[s + len(m) : e].strip() for s, m, e in zip(starts, marks, ends, strict=True))
+
+
+def format_rate(texts: list[str], tags: Tags = Tags()) -> float:
+    """TCOT format rate: the fraction of ``texts`` (answers to target-language prompts) :func:`in_format`."""
+    return sum(in_format(t, tags) for t in texts) / max(len(texts), 1)

@@ -13,28 +13,15 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 
+from jaxtrans.data.script import SCRIPTS
 from jaxtrans.errors import JaxtransError
-
-# Unicode blocks per language code: a new token must contain one of these characters.
-SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
-    "th": ((0x0E00, 0x0E7F),),
-    "lo": ((0x0E80, 0x0EFF),),
-    "ne": ((0x0900, 0x097F),),
-    "hi": ((0x0900, 0x097F),),
-    "zh": ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0x3000, 0x303F), (0xFF00, 0xFFEF)),
-    "zh_hant": ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0x3000, 0x303F), (0xFF00, 0xFFEF)),
-    "ja": ((0x3040, 0x30FF), (0x4E00, 0x9FFF)),
-    "ko": ((0xAC00, 0xD7AF), (0x1100, 0x11FF)),
-    "ar": ((0x0600, 0x06FF),),
-    "ru": ((0x0400, 0x04FF),),
-    "el": ((0x0370, 0x03FF),),
-}
 
 
 def script_ranges(language: str) -> tuple[tuple[int, int], ...]:
+    """The code point ranges of the language's script (``jaxtrans.data.script``): a new token must have one."""
     if language not in SCRIPTS:
         raise JaxtransError(f"no script known for language {language!r}; known: {', '.join(sorted(SCRIPTS))}")
-    return SCRIPTS[language]
+    return SCRIPTS[language][1]
 
 
 def has_script_char(text: str, ranges: Sequence[tuple[int, int]]) -> bool:
