@@ -228,3 +228,18 @@ def test_script_share_of_real_corpora(shared_data):
     with pytest.raises(JaxtransError, match=r"^talpco: only 0% of its \d+ letters are Thai, .*fix language.code$"):
         script.check(texts("en-th-talpco/talpco_en_th.jsonl", "en"), "th", "talpco")
     assert script.check(["any text"], "fr", "french") is None  # a language whose script is not known: not checked
+
+
+def test_explode_makes_each_list_item_a_record(tmp_path):
+    """SQuAD-format articles -> one record per paragraph, each named by its article and index; an article
+    without the list is refused with its place."""
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "a"}, {"context": "b"}]},
+                                         {"paragraphs": [{"context": "c"}]}]}))  # fmt: skip
+    src = Source(str(path), explode="paragraphs", columns=(("text", "context"),))
+    got = list(read(src, ("text",)))
+    assert [r["text"] for r in got] == ["a", "b", "c"]
+    assert got[1]["_where"] == f"{path}: record 0, paragraphs[1]"
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "a"}]}, {"title": "no paragraphs"}]}))
+    with pytest.raises(JaxtransError, match=r"record 1: no list column 'paragraphs' to explode"):
+        list(read(src, ("text",)))

@@ -245,10 +245,10 @@ def _outcome(report: dict, tags: Tags) -> list[str]:
         lines.append(f"- target held-out loss: {fmt(losses[-1][1])} nats/char at the end, {fmt(losses[0][1])} for the "
                      f"original; the lowest was {fmt(low[1])} ({low[0]}): the end is {losses[-1][1] / low[1]:.3f}× "
                      "the lowest")  # fmt: skip
-    if "en_answers" in base and "en_answers" in last and last is not base:
-        agree = agreement(base["en_answers"], [parse(a, tags).answer or a for a in last["en_answers"]])
-        lines.append(f"- English answers against the original model's: chrF {fmt(agree['chrf'])}, exact "
-                     f"{fmt(agree['exact_match'])} ({len(base['en_answers'])} held-out prompts)")  # fmt: skip
+    if "en_agreement" in last and last is not base:
+        lines.append(f"- English answers against the original model's: chrF {fmt(scalar(last, 'en_agreement.chrf'))}, "
+                     f"exact {fmt(scalar(last, 'en_agreement.exact_match'))} ({len(base['en_answers'])} held-out "
+                     "prompts)")  # fmt: skip
     bad = sum(p.get("malformed_chars", 0) for p in points)
     if bad:
         lines.append(f"- {bad} incomplete UTF-8 sequences were dropped from generated answers (whole characters only)")
