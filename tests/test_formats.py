@@ -127,7 +127,7 @@ def test_tcot_format_on_golden_answers(text, ok):
 def test_answers_are_cut_at_whole_characters(name, request):
     """Every prefix of a Thai answer's ids (as ``max_new_tokens`` cuts them) decodes to whole characters: a
     prefix of the text, no U+FFFD, and the dropped partial sequence counted."""
-    from jaxtrans.data.template import decode_answer, malformed
+    from jaxtrans.data.template import decode_answer, decode_counted
 
     tok = request.getfixturevalue(name)
     text = "สวัสดีครับ ภาษาไทย 🙂"
@@ -136,6 +136,6 @@ def test_answers_are_cut_at_whole_characters(name, request):
     for n in range(1, len(ids) + 1):
         got = decode_answer(tok, ids[:n], [])
         assert "\ufffd" not in got and text.startswith(got), (n, got)
-        partial += malformed(tok, ids[:n], []) > 0
-    assert decode_answer(tok, ids, []) == text and malformed(tok, ids, []) == 0
+        partial += decode_counted(tok, ids[:n], [])[1] > 0
+    assert decode_answer(tok, ids, []) == text and decode_counted(tok, ids, []) == (text, 0)
     assert partial > 0  # byte-level pieces of Thai / the emoji: some cuts fall inside a character

@@ -50,19 +50,16 @@ def decode_answer(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> s
     Only whole characters are kept: byte-level tokens that do not complete a
     UTF-8 character (an answer cut inside a Thai character, or stray bytes
     the model emitted) decode to U+FFFD, and those are dropped; see
-    :func:`malformed` to count them.
+    :func:`decode_counted` to count them.
     """
-    return _decode(tokenizer, ids, stops).replace(REPLACEMENT, "").strip()
+    return decode_counted(tokenizer, ids, stops)[0]
 
 
 REPLACEMENT = "\ufffd"  # what a tokenizer decodes an incomplete UTF-8 byte sequence to
 
 
-def malformed(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> int:
-    """How many incomplete UTF-8 sequences :func:`decode_answer` dropped from these ids."""
-    return _decode(tokenizer, ids, stops).count(REPLACEMENT)
-
-
-def _decode(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> str:
+def decode_counted(tokenizer: Any, ids: Sequence[int], stops: Sequence[int]) -> tuple[str, int]:
+    """:func:`decode_answer`'s text and how many incomplete UTF-8 sequences it dropped, from one decode."""
     drop = set(stops) | {tokenizer.pad_token_id, tokenizer.bos_token_id}
-    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
+    text = tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
+    return text.replace(REPLACEMENT, "").strip(), text.count(REPLACEMENT)

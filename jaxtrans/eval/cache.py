@@ -77,11 +77,14 @@ def cached(key: str, out: str, prefix: str, compute: Callable[[], dict]) -> dict
             with open(os.path.join(out, name), "w", encoding="utf-8") as f:
                 f.write(text)
         return {**stored["result"], "from_cache": key}
-    before = set(os.listdir(out)) if os.path.isdir(out) else set()
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):  # a stale measurement's files: whatever compute() writes now is what is stored
+        if name.startswith(prefix) and os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
     result = compute()
     if jax.process_index() == 0:
         files = {}
-        for name in sorted(set(os.listdir(out)) - before):
+        for name in sorted(os.listdir(out)):
             if name.startswith(prefix) and os.path.isfile(os.path.join(out, name)):
                 with open(os.path.join(out, name), encoding="utf-8") as f:
                     files[name] = f.read()

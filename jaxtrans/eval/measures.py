@@ -20,7 +20,7 @@ from tqdm import tqdm
 from jaxtrans import xla_options
 from jaxtrans.data.formats import encode_text
 from jaxtrans.data.pack import pack
-from jaxtrans.data.template import chat_ids, decode_answer, malformed
+from jaxtrans.data.template import chat_ids, decode_counted
 from jaxtrans.infer.generate import SamplingConfig, generate
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
@@ -115,7 +115,8 @@ def generations(
             )
             for g in gen:
                 cut = not g or g[-1] not in stops
-                out.append(Answer(decode_answer(view.tokenizer, g, stops), cut, malformed(view.tokenizer, g, stops)))
+                text, bad = decode_counted(view.tokenizer, g, stops)
+                out.append(Answer(text, cut, bad))
             bar.update(len(gen))
     return out
 
