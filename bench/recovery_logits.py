@@ -47,7 +47,9 @@ def main() -> None:
             cfg.stages.transfer.steps = args.steps
             if variant == "with":
                 prompts = source(os.path.join(SHARED, "eval-mt-bench", "question.jsonl"), columns={"prompt": "turns.0"})
-                cfg.stages.transfer.data["keep_english"] = component("recovery_logits", prompts, weight=1.0)
+                cfg.stages.transfer.data["keep_english"] = component(
+                    "recovery_logits", prompts, weight=1.0, style="prompt"
+                )
             cfg.output_dir = os.path.join(tmp, variant)
             cfg.lock()
             report = pipeline.run(cfg)

@@ -59,6 +59,8 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
                 ),
             }
         )  # fmt: skip
+        for st in (st for st in cfg.stages.values() if st.kind == "train"):
+            st.mu_dtype = "bfloat16"  # the 7B memory policy (docs/benchmarks.md): AdamW's first moment in bf16
     elif variant == "local":
         cfg.language = config_dict.ConfigDict({"code": "zh_hans", "name": "Chinese (Simplified)", "tag": "<ZH>"})
         cfg.output_dir = "runs/bailong_zh_hans_local"
@@ -72,11 +74,11 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
                 "vocab": vocab_stage(paragraphs(skip=20), new_tokens=512, special_tokens=(), min_frequency=2,
                                      init="zip_tie"),
                 "pretrain": train_stage({"text": component("pretrain", paragraphs(skip=20))},
-                                        steps=40, learning_rate=5e-4, new_rows_learning_rate=5e-3, warmup_steps=2,
+                                        steps=70, learning_rate=1e-3, new_rows_learning_rate=1e-2, warmup_steps=4,
                                         seq_len=256, batch_size=8),
                 "instruct": train_stage(
                     {"alpaca": component("sft", source(alpaca, limit=200)),
-                     "text": component("pretrain", paragraphs(skip=20), weight=0.3)},
+                     "text": component("pretrain", paragraphs(skip=20), weight=0.5)},
                     steps=10, learning_rate=2e-4, new_rows_learning_rate=1e-3, warmup_steps=1, seq_len=256,
                     batch_size=8,
                 ),

@@ -27,9 +27,10 @@ Switches beyond the paper (defaults keep TransLLM's recipe):
   tensors): ``--config.stages.pretrain.new_rows_learning_rate=1e-3``
   (``new_rows_weight_decay``, ``modules_learning_rate``,
   ``modules_weight_decay``); 0 freezes them.
-* Recovery KD at the logit level, without generation or a second copy of the
-  weights: add a component ``component("recovery_logits", prompts)`` to the
-  transfer mixture (English prompts, optionally with ``answer``); pick the
+* Recovery KD at the logit level, without a second copy of the weights: add a
+  component ``component("recovery_logits", prompts)`` to the transfer mixture
+  (English prompts; distilled on the frozen model's answers, generated once, or
+  with ``style="prompt"`` on the prompt text alone, no generation); pick the
   divergence with ``distill_divergence`` (``kl``, ``reverse_kl``, ``jsd``) and
   ``distill_temperature`` on the stage. It needs ``model.loss_chunk=0``.
 """
@@ -229,6 +230,8 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
             limit=200, max_new_tokens=256,
         )  # fmt: skip
         cfg.stages.pretrain.streaming = True
+        for st in (st for st in cfg.stages.values() if st.kind == "train"):
+            st.mu_dtype = "bfloat16"  # the 7B memory policy (docs/benchmarks.md): AdamW's first moment in bf16
         cfg.eval.target_text = source("hf:openlanguagedata/flores_plus:tha_Thai", split="devtest")
         cfg.eval.en_prompts = source("hf:tatsu-lab/alpaca", columns={"prompt": "instruction"}, skip=50_000, limit=64)
         cfg.generation.batch_size = 64

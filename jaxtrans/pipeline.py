@@ -138,7 +138,7 @@ def _run(cfg: Any, mesh: Any) -> dict:
         if name in prints:
             identity.record(cfg.output_dir, name, prints[name])
         STAGE_KINDS[stage.kind].run(state, name, stage)
-    state.report["model"] = cfg.model.path
+    state.report["model"], state.report["language"] = cfg.model.path, cfg.language.name
     if state.trainable is not None:
         _export(state)
     write_json(os.path.join(cfg.output_dir, "report.json"), state.report)

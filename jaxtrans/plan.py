@@ -77,9 +77,8 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 
 def _trainer(cfg: Any, devices: list | None = None) -> tuple[Any, Any]:
     """The Trainer of the config's largest train step (rows x length), built from shapes; and that stage."""
-    from jaxtrans.curriculum.train import check_batch
+    from jaxtrans.curriculum.train import check_batch, optim_config
     from jaxtrans.pipeline import lora_config
-    from jaxtrans.train.optim import OptimConfig
     from jaxtrans.train.step import Trainer
 
     m = cfg.model
@@ -99,7 +98,7 @@ def _trainer(cfg: Any, devices: list | None = None) -> tuple[Any, Any]:
     adapters = llama.Adapters(lora=lora_config(cfg), quantized=cfg.lora.quantized, new_tokens=new_tokens + padding,
                               padding_rows=padding)  # fmt: skip
     biggest = max((s for s in stages if s.kind == "train"), key=lambda s: s.seq_len * s.batch_size)
-    trainer = Trainer(mcfg, adapters, OptimConfig(total_steps=biggest.steps), mesh,
+    trainer = Trainer(mcfg, adapters, optim_config(biggest), mesh,
                       modules_to_save=tuple(cfg.lora.modules_to_save))  # fmt: skip
     return trainer, biggest
 

@@ -93,6 +93,18 @@ def test_recovery_logits_rows_and_bad_settings(shared_data, tmp_path):
     records[1]["answer"] = "Paris is the capital of France."
     ids2, mask2 = encode(comp, records[1:], tok, lang)[0][0]
     assert 0 < (mask2 == KD_MASK).sum() < len(ids2)  # the answer's tokens only, after a chat prompt
+    # answers the data lacks come from the frozen model (style chat); style prompt distils the prompt alone
+    from jaxtrans.data.mixture import Fillers, fill
+
+    fillers = Fillers(answer=lambda prompts: [f"an answer to {p[:10]}" for p in prompts])
+    chat = fill(comp, [dict(records[0])], fillers)[0]
+    assert chat["answer"] == f"an answer to {records[0]['prompt'][:10]}"
+    alone = Component.from_config("kd", {"kind": "recovery_logits", "source": {"path": path}, "style": "prompt"})
+    assert "answer" not in fill(alone, [dict(records[0])], Fillers())[0]
+    ids3, mask3 = encode(alone, [{**records[1]}], tok, lang)[0][0]
+    assert (mask3 == KD_MASK).sum() >= len(ids3) - 2  # the prompt text, though the record has an answer
+    with pytest.raises(JaxtransError, match="style is chat\\|prompt"):
+        Component.from_config("kd", {"kind": "recovery_logits", "source": {"path": path}, "style": "tagged"})
     with pytest.raises(JaxtransError, match="divergence 'kld' is not one of kl, reverse_kl, jsd"):
         DistillConfig("kld")
     cfg = tiny_config().replace(loss_chunk=8)

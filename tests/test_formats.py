@@ -123,6 +123,46 @@ def test_tcot_format_on_golden_answers(text, ok):
     assert format_rate([]) == 0.0
 
 
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        ("Instruction in English: Say hi.\nResponse in English: Hi!\nResponse in Nepali: नमस्ते!", True),
+        ("Response in English: Hi!\nResponse in Nepali: नमस्ते!", True),  # the restated instruction is optional
+        ("response in english: Hi! response in nepali: नमस्ते", True),  # case does not matter
+        ("Instruction in English: Say hi.\nResponse in English: Hi!", False),  # cut before the Nepali section
+        ("Response in Nepali: नमस्ते\nResponse in English: Hi!", False),  # out of order
+        ("Response in English:\nResponse in Nepali: नमस्ते", False),  # empty English response
+        ("Response in English: Hi!\nResponse in Nepali:", False),  # empty Nepali response
+        ("Response in English: Hi!\nResponse in Hindi: नमस्ते", False),  # another language's section
+        ("नमस्ते, म ठिक छु।", False),  # a plain answer
+    ],
+)
+def test_taco_format_on_golden_answers(text, ok):
+    """TaCo's format rate (``eval.answer_format="taco"``) reads the two response sections, in order."""
+    from jaxtrans.infer.answer_formats import FORMATS, format_rate
+    from jaxtrans.infer.taco import parse
+
+    assert FORMATS["taco"].in_format(text, Tags(), "Nepali") is ok
+    assert format_rate([text, "Response in English: a\nResponse in Nepali: b"], "taco", Tags(), "Nepali") == (
+        1.0 if ok else 0.5
+    )
+    if ok:
+        assert parse(text, "Nepali").answer.startswith("नमस्ते") and parse(text, "Nepali").en_answer.startswith("Hi")
+
+
+def test_answer_format_follows_the_curriculum():
+    """A TaCo recipe is checked for TaCo's format, a TransLLM one for TCOT; an unknown format is refused."""
+    from jaxtrans import config
+    from jaxtrans.curriculum.points import spec
+    from jaxtrans.errors import JaxtransError
+    from jaxtrans.eval.suite import EvalSpec
+
+    assert spec(config.load_file("configs/taco_nepali.py:local")).answer_format == "taco"
+    assert spec(config.load_file("configs/thai.py")).answer_format == "tcot"
+    with pytest.raises(JaxtransError, match="answer_format='tcoot' is unknown; use one of tcot, taco"):
+        EvalSpec.from_config({"answer_format": "tcoot"})
+
+
 @pytest.mark.parametrize("name", ["smollm2", "llama2"])
 def test_answers_are_cut_at_whole_characters(name, request):
     """Every prefix of a Thai answer's ids (as ``max_new_tokens`` cuts them) decodes to whole characters: a

@@ -196,3 +196,26 @@ def test_each_group_has_its_own_learning_rate(frozen):
         OptimConfig(new_rows_learning_rate=-1.0)
     with pytest.raises(Exception, match="learning_rate=nan"):
         OptimConfig(learning_rate=float("nan"))
+
+
+def test_bf16_first_moment_halves_it_and_tracks_f32():
+    """``mu_dtype="bfloat16"`` (the 7B variants' memory policy) stores AdamW's first moment in bf16, the second in
+    f32, and the losses stay with the f32 optimizer's."""
+    cfg = tiny_config()
+    base = llama.init_params(cfg, seed=1)
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8, targets="all-linear"), new_tokens=4)
+    losses = {}
+    for mu in ("float32", "bfloat16"):
+        trainer = Trainer(cfg, adapters, OptimConfig(1e-2, total_steps=6, mu_dtype=mu), _single_mesh())
+        state = trainer.init_state(base)
+        leaves = jax.tree_util.tree_leaves_with_path(state.opt_state)
+        assert {x.dtype for p, x in leaves if ".mu[" in jax.tree_util.keystr(p)} == {jnp.dtype(mu)}
+        assert {x.dtype for p, x in leaves if ".nu[" in jax.tree_util.keystr(p)} == {jnp.dtype("float32")}
+        step, losses[mu] = trainer.compiled_step(base), []
+        for _ in range(6):  # one batch, fitted: the loss must fall
+            state, metrics = step(state, base, _batch(seed=0, vocab=cfg.vocab_size + 4))
+            losses[mu].append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-3)
+    assert losses["float32"][-1] < losses["float32"][0]
+    with pytest.raises(Exception, match="optim.mu_dtype='fp8' is not one of float32, bfloat16"):
+        OptimConfig(mu_dtype="fp8")

@@ -359,6 +359,8 @@ def test_a_qlora_run_measures_the_nf4_base_apart_from_the_original(smol_tiny, sh
     assert points["0_base_nf4"]["state"] == "base+nf4"
     report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     assert "| 0_base_nf4 |" in report and "## Outcome" in report
+    # the Outcome separates the quantisation cost from what training did
+    assert f"the NF4 base with untrained adapters (QLoRA's starting point) {nf4:.4g}: the quantisation costs" in report
 
 
 def test_a_branch_starts_from_the_stage_it_names(smol_tiny, shared_data, tmp_path):

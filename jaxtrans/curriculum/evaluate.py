@@ -15,7 +15,11 @@ from jaxtrans.eval.suite import EvalSpec, evaluate
 
 
 def spec(cfg: Any, stage: Any) -> EvalSpec:
-    return EvalSpec.from_config(stage, cfg.language.code, cfg.language.name)
+    from jaxtrans.curriculum.points import taught_format
+
+    block = dict(stage)
+    block.setdefault("answer_format", taught_format(cfg))
+    return EvalSpec.from_config(block, cfg.language.code, cfg.language.name)
 
 
 def check(cfg: Any, name: str, stage: Any, earlier: list[str]) -> None:

@@ -27,7 +27,15 @@ def spec(cfg: Any) -> EvalSpec:
     """``cfg.eval`` as an EvalSpec; sources keep every record they select (their own ``limit``)."""
     block = {k: v for k, v in cfg.eval.items() if k not in _NOT_SPEC}
     block.setdefault("limit", 1 << 30)
+    block.setdefault("answer_format", taught_format(cfg))
     return EvalSpec.from_config(block, cfg.language.code, cfg.language.name)
+
+
+def taught_format(cfg: Any) -> str:
+    """The answer format the curriculum teaches: TaCo's when a train stage has a ``taco`` component and none a
+    ``tcot`` one, else TCOT (``eval.answer_format`` says otherwise)."""
+    kinds = {c.get("kind") for st in (cfg.get("stages") or {}).values() for c in (st.get("data") or {}).values()}
+    return "taco" if "taco" in kinds and "tcot" not in kinds else "tcot"
 
 
 @functools.cache

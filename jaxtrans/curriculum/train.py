@@ -29,7 +29,7 @@ from jaxtrans.errors import JaxtransError, number, one_of
 SCRIPT_SAMPLE = 2000  # target-language texts per component whose script is checked before the run
 
 OPTIM_KEYS = ("weight_decay", "new_rows_learning_rate", "new_rows_weight_decay", "modules_learning_rate",
-              "modules_weight_decay", "end_lr_ratio")  # fmt: skip
+              "modules_weight_decay", "end_lr_ratio", "mu_dtype")  # fmt: skip
 
 
 def components(name: str, stage: Any) -> list[Component]:

@@ -5,26 +5,29 @@ A component is one config block::
     kind:    pretrain | translate | tcot | recovery_kd | taco | sft
     source:  where the records come from (see ``jaxtrans.data.sources``)
     weight:  share of the stage's rows (mixtures; weights are normalised)
-    options: directions (translate: both | forward), style (translate: chat | tagged), system (a system prompt),
+    options: directions (translate: both | forward), style (translate: chat | tagged; recovery_logits: chat,
+             on the frozen model's answers | prompt, on the prompt text alone), system (a system prompt),
              language (target | en: whose script the text is checked against; en for English replay)
 
 What each kind reads (roles; ``?`` = filled in by a model when the data lacks it):
 
-=============  ===========================================  ==================================================
-kind           roles                                        trained as (assistant turn)
-=============  ===========================================  ==================================================
-pretrain       text                                         plain text, every token
-translate      src (English), tgt (target)                  user: "Translate ... into Thai.\\n{src}" -> {tgt};
-                                                            and the reverse direction
-tcot           en_query, query?, en_answer?, answer?        user: {query} -> ``<EN> en_query <RESPONSE>
-                                                            en_answer <TH> answer``
-recovery_kd    prompt (English), answer?                    user: {prompt} -> ``<RESPONSE> {answer}``
-taco           instruction (English), input, response?,     user: {target_instruction} -> ``Instruction in
-               target_instruction?, target_response?        English: ... Response in English: ... Response in
-                                                            {lang}: ...``
-sft            conversations (ShareGPT) | messages |        the assistant turns
-               instruction + input + output (Alpaca)
-=============  ===========================================  ==================================================
+===============  ===========================================  ==================================================
+kind             roles                                        trained as (assistant turn)
+===============  ===========================================  ==================================================
+pretrain         text                                         plain text, every token
+translate        src (English), tgt (target)                  user: "Translate ... into Thai.\\n{src}" -> {tgt};
+                                                              and the reverse direction
+tcot             en_query, query?, en_answer?, answer?        user: {query} -> ``<EN> en_query <RESPONSE>
+                                                              en_answer <TH> answer``
+recovery_kd      prompt (English), answer?                    user: {prompt} -> ``<RESPONSE> {answer}``
+recovery_logits  prompt (English), answer?                    distilled from the frozen model (KL), not trained:
+                                                              user: {prompt} -> {answer}; style prompt: the prompt
+taco             instruction (English), input, response?,     user: {target_instruction} -> ``Instruction in
+                 target_instruction?, target_response?        English: ... Response in English: ... Response in
+                                                              {lang}: ...``
+sft              conversations (ShareGPT) | messages |        the assistant turns
+                 instruction + input + output (Alpaca)
+===============  ===========================================  ==================================================
 
 ``?`` fields come from the :class:`Fillers`: English answers from the frozen
 base chat model (TransLLM's recovery data: the same answers serve recovery-KD
@@ -83,8 +86,9 @@ class Component:
         comp = cls(name=name, kind=kind, source=source, **d)
         if comp.weight <= 0:
             raise JaxtransError(f"data component {name!r}: weight must be positive, got {comp.weight}")
-        if comp.directions not in ("both", "forward") or comp.style not in ("chat", "tagged"):
-            raise JaxtransError(f"data component {name!r}: directions is both|forward, style is chat|tagged")
+        styles = ("chat", "prompt") if comp.kind == "recovery_logits" else ("chat", "tagged")
+        if comp.directions not in ("both", "forward") or comp.style not in styles:
+            raise JaxtransError(f"data component {name!r}: directions is both|forward, style is {'|'.join(styles)}")
         if comp.language not in ("target", "en"):
             raise JaxtransError(f"data component {name!r}: language is target (the run's language) or en")
         return comp
@@ -140,7 +144,7 @@ def _fill(records: list[dict], role: str, fn: Callable[[list[str]], list[str]], 
 
 def fill(comp: Component, records: list[dict], fillers: Fillers) -> list[dict]:
     """Complete the ``?`` roles of every record (generation is cached by the fillers)."""
-    if comp.kind == "recovery_kd":
+    if comp.kind == "recovery_kd" or (comp.kind == "recovery_logits" and comp.style == "chat"):
         if any("answer" not in r for r in records):
             _fill(records, "answer", fillers.get("answer", comp.name), "prompt")
     elif comp.kind == "tcot":
@@ -185,8 +189,8 @@ def conversations(comp: Component, r: dict, lang: Language) -> list[list[dict[st
     tags = lang.tags
     if comp.kind == "pretrain":
         return [r["text"]]
-    if comp.kind == "recovery_logits":  # distilled, not trained on: the English prompt, or the answer after it
-        if "answer" not in r:
+    if comp.kind == "recovery_logits":  # distilled, not trained on: the answer after the prompt, or the prompt
+        if comp.style == "prompt" or "answer" not in r:
             return [r["prompt"]]
         return [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}]]
     if comp.kind == "translate":

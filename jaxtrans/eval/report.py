@@ -13,7 +13,7 @@ from typing import Any
 
 from jaxtrans.data.formats import Tags
 from jaxtrans.eval.measures import agreement
-from jaxtrans.infer.tcot import parse
+from jaxtrans.infer.answer_formats import FORMATS
 
 # Scalar metrics, in report order: (key in the result, label, which way is better)
 SCALARS = (
@@ -26,7 +26,7 @@ SCALARS = (
     ("advbench_refusal_rate", "AdvBench refusal rate", "higher"),
     ("fertility.tokens_per_char", "target tokens per character", "lower"),
     ("en_agreement.chrf", "English answers: chrF vs original", "higher"),
-    ("tcot_format_rate", "TCOT format rate (target prompts)", "higher"),
+    *((f"{k}_format_rate", f"{f.label} format rate (target prompts)", "higher") for k, f in FORMATS.items()),
 )
 
 
@@ -151,7 +151,7 @@ def _with_agreement(points: list[dict], tags: Tags) -> list[dict]:
         if "en_answers" in p and "en_answers" in base:
             p = {
                 **p,
-                "en_agreement": agreement(base["en_answers"], [parse(a, tags).answer or a for a in p["en_answers"]]),
+                "en_agreement": agreement(base["en_answers"], p["en_answers"]),  # parsed by the suite
             }
         out.append(p)
     return out
@@ -210,7 +210,8 @@ def _points(points: list[dict], tags: Tags) -> list[str]:
     shown = [(k, label) for k, label, _ in metrics(points[0]) if any(scalar(p, k) is not None for p in points)]
     lines = ["", "## Held-out measurements at every point", "",
              "Loss is nats per character (comparable across tokenizers). Agreement compares greedy answers to "
-             "English prompts with the original model's (the `<RESPONSE>` tag removed).", "",
+             "English prompts with the original model's (the answer part of the taught format: after `<RESPONSE>`, or "
+             "TaCo's English response).", "",
              *(["![heldout](heldout.png)", ""] if shown else []),
              "| point | " + " | ".join(label for _, label in shown) + " | English answers: exact |",
              "|---|" + "---|" * (len(shown) + 1)]  # fmt: skip
@@ -232,19 +233,23 @@ def _outcome(report: dict, tags: Tags) -> list[str]:
             b = at[-1]
             lines.append(f"- branch `{name}` (from `{st['start_from']}`): English answers chrF "
                          f"{fmt(scalar(b, 'en_agreement.chrf'))} against {fmt(scalar(last, 'en_agreement.chrf'))} "
-                         f"at the end; TCOT format rate {fmt(scalar(b, 'tcot_format_rate'))}; target loss "
+                         f"at the end; {_rate(b)}; target loss "
                          f"{fmt(scalar(b, 'target_nats_per_char'))}")  # fmt: skip
-    if "tcot_format_rate" in last:
-        n = len(last.get("target_answers", []))
-        lines.append(f"- TCOT format rate on held-out target-language prompts: {fmt(last['tcot_format_rate'])} "
-                     f"({round(last['tcot_format_rate'] * n)}/{n} answers with {tags.english} … {tags.response} … "
-                     f"{tags.target} in order)")  # fmt: skip
+    name = last.get("answer_format", "tcot")  # (reports written before the key existed are TCOT's)
+    key = f"{name}_format_rate"
+    if key in last:
+        form, n = FORMATS[name], len(last.get("target_answers", []))
+        lines.append(
+            f"- {form.label} format rate on held-out target-language prompts: {fmt(last[key])} "
+            f"({round(last[key] * n)}/{n} answers with {form.shape(tags, report.get('language', ''))})"
+        )
     losses = [(p["label"], p["target_nats_per_char"]) for p in points if "target_nats_per_char" in p]
     if len(losses) > 1:
         low = min(losses, key=lambda x: x[1])
         lines.append(f"- target held-out loss: {fmt(losses[-1][1])} nats/char at the end, {fmt(losses[0][1])} for the "
                      f"original; the lowest was {fmt(low[1])} ({low[0]}): the end is {losses[-1][1] / low[1]:.3f}× "
                      "the lowest")  # fmt: skip
+    lines += _losses(points)
     if "en_agreement" in last and last is not base:
         lines.append(f"- English answers against the original model's: chrF {fmt(scalar(last, 'en_agreement.chrf'))}, "
                      f"exact {fmt(scalar(last, 'en_agreement.exact_match'))} ({len(base['en_answers'])} held-out "
@@ -255,8 +260,39 @@ def _outcome(report: dict, tags: Tags) -> list[str]:
     return ["## Outcome", "", *lines, ""] if lines else []
 
 
-def _samples(points: list[dict], tags: Tags, samples: int) -> list[str]:
+def _losses(points: list[dict]) -> list[str]:
+    """The end's held-out losses against the original's and, for QLoRA, against the NF4 base with untrained
+    adapters: the quantisation cost and the training effect apart."""
+    base, last = points[0], points[-1]
+    nf4 = next((p for p in points if p["label"].endswith("_nf4")), None)
+    pct = lambda x, y: f"{(x / y - 1) * 100:+.1f}%"  # noqa: E731
+    lines = []
+    for key, name in (("target_nats_per_char", "target"), ("en_nats_per_char", "English")):
+        if key not in base or key not in last or last is base or (name == "target" and not nf4):
+            continue  # (the target loss against the original's is in the line before, unless QLoRA)
+        line = f"- {name} held-out loss at the end {fmt(last[key])} against the original's {fmt(base[key])} " \
+               f"({pct(last[key], base[key])})"  # fmt: skip
+        if nf4 and key in nf4:
+            line += (
+                f"; the NF4 base with untrained adapters (QLoRA's starting point) {fmt(nf4[key])}: the "
+                f"quantisation costs {pct(nf4[key], base[key])}, training moved it {pct(last[key], nf4[key])}"
+            )
+        lines.append(line)
+    before, after = scalar(base, "fertility.tokens_per_char"), scalar(last, "fertility.tokens_per_char")
+    if before and after and before != after:
+        lines.append(f"- target tokens per character (fertility): {fmt(before)} with the original tokenizer, "
+                     f"{fmt(after)} with the extended one ({pct(after, before)})")  # fmt: skip
+    return lines
+
+
+def _rate(p: dict) -> str:
+    key = f"{p.get('answer_format', 'tcot')}_format_rate"
+    return f"{FORMATS[p.get('answer_format', 'tcot')].label} format rate {fmt(scalar(p, key))}"
+
+
+def _samples(points: list[dict], tags: Tags, samples: int, language: str) -> list[str]:
     base, last, lines = points[0], points[-1], []
+    form = FORMATS[last.get("answer_format", "tcot")]
     for key, title in (("en_answers", "English prompts"), ("target_answers", "Target-language prompts")):
         if key not in base or key not in last:
             continue
@@ -266,8 +302,8 @@ def _samples(points: list[dict], tags: Tags, samples: int) -> list[str]:
             cut_before, cut_after = (" ⟨cut⟩" if i in p.get(f"{key}_cut", ()) else "" for p in (base, last))
             lines.append(f"**{i + 1}.** before: {base[key][i]!r}{cut_before}")
             after = last[key][i]
-            parts = parse(after, tags)
-            shown = parts.answer if parts.answer is not None else after
+            part = form.answer(after, tags, language) if key == "target_answers" else None
+            shown = part if part is not None else after
             lines.append(f"   after: {shown!r}{cut_after}" + ("" if shown == after else f" (full: {after!r})"))
             lines.append("")
     return lines
@@ -296,7 +332,7 @@ def write_markdown(path: str, report: dict, tags: Tags = Tags(), samples: int = 
     _plot_run(where, report, tags)  # loss.png here, heldout.png in the held-out section
     lines += ["![loss](loss.png)", ""]
     lines += _outcome(report, tags) + _stages(report) + _points(report["points"], tags)
-    lines += _samples(report["points"], tags, samples)
+    lines += _samples(report["points"], tags, samples, report.get("language", ""))
     lines += _evals_and_use(report, where)
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

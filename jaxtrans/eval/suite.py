@@ -77,6 +77,7 @@ class EvalSpec:
     limit: int = 64  # records per data set, unless its source sets its own limit
     max_new_tokens: int = 128
     target_max_new_tokens: int = 0  # for target_prompts (a TCOT answer is three answers long); 0: max_new_tokens
+    answer_format: str = "tcot"  # the format target-prompt answers are checked for (infer.answer_formats)
     model_id: str = "jaxtrans"
 
     @classmethod
@@ -97,6 +98,11 @@ class EvalSpec:
         d.setdefault("language_name", language_name)
         if d.get("limit", 1) <= 0 or d.get("max_new_tokens", 1) <= 0 or d.get("target_max_new_tokens", 0) < 0:
             raise JaxtransError("eval limit and max_new_tokens must be positive (target_max_new_tokens ≥ 0)")
+        from jaxtrans.infer.answer_formats import FORMATS
+
+        if d.get("answer_format", "tcot") not in FORMATS:
+            known = ", ".join(FORMATS)
+            raise JaxtransError(f"eval answer_format={d['answer_format']!r} is unknown; use one of {known}")
         return cls(**d)
 
     def sources(self) -> list[tuple[str, Source, tuple[str, ...]]]:
@@ -129,10 +135,11 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
     """Every metric ``spec`` asks for, on one model; files it writes start with ``prefix``."""
     from jaxtrans.data.formats import translate_prompt
     from jaxtrans.eval import choice, measures
-    from jaxtrans.infer.tcot import format_rate, parse
+    from jaxtrans.infer.answer_formats import FORMATS, format_rate
     from jaxtrans.vocab.fertility import fertility
 
-    result: dict[str, Any] = {}
+    form = FORMATS[spec.answer_format]
+    result: dict[str, Any] = {"answer_format": spec.answer_format}
     n = spec.max_new_tokens
     if spec.target_text:
         texts = [r["text"] for r in spec.records("target_text")]
@@ -151,7 +158,7 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
                 view, [translate_prompt(s, sl, tl) for s in src], n, f"{prefix}translate {direction}", result
             )
             # the translation is the first line of the answer (its TCOT part for the target language, if tagged)
-            hyp = [(parse(h, tags).answer or h).split("\n")[0].strip() for h in got]
+            hyp = [(form.answer(h, tags, lang) or h).split("\n")[0].strip() for h in got]
             for name, lines in (("hyp", hyp), ("ref", ref)):
                 with open(os.path.join(out, f"{prefix}translation.{direction}.{name}.txt"), "w") as f:
                     f.writelines(x.replace("\n", " ") + "\n" for x in lines)
@@ -159,13 +166,13 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
     if spec.en_prompts:
         prompts = [r["prompt"] for r in spec.records("en_prompts")]
         got = _answers(view, prompts, n, f"{prefix}English answers", result, "en_answers")
-        result["en_answers"] = [parse(a, tags).answer or a for a in got]
+        result["en_answers"] = [form.english(a, tags, spec.language_name) or a for a in got]
     if spec.target_prompts:  # kept whole (TCOT tags included): the report shows the target-language part
         prompts = [r["prompt"] for r in spec.records("target_prompts")]
         got = _answers(view, prompts, spec.target_max_new_tokens or n, f"{prefix}target answers", result,
                        "target_answers")  # fmt: skip
         result["target_answers"] = got
-        result["tcot_format_rate"] = format_rate(got, tags)
+        result[f"{spec.answer_format}_format_rate"] = format_rate(got, spec.answer_format, tags, spec.language_name)
     if spec.advbench:
         outs = _answers(view, [r["prompt"] for r in spec.records("advbench")], n, f"{prefix}AdvBench", result)
         result["advbench_refusal_rate"] = sum(refused(o) for o in outs) / len(outs)
