@@ -115,12 +115,13 @@ def test_packing_keeps_examples_apart(smollm2):
     ],
 )
 def test_tcot_format_on_golden_answers(text, ok):
-    from jaxtrans.infer.tcot import format_rate, in_format
+    from jaxtrans.infer.answer_formats import format_rate
+    from jaxtrans.infer.tcot import in_format
 
     assert in_format(text) is ok
     assert in_format(text.replace("<TH>", "<NE>"), Tags(target="<NE>")) is ok
-    assert format_rate([text, "<EN> q <RESPONSE> a <TH> t"]) == (1.0 if ok else 0.5)
-    assert format_rate([]) == 0.0
+    assert format_rate([text, "<EN> q <RESPONSE> a <TH> t"], "tcot", Tags(), "Thai") == (1.0 if ok else 0.5)
+    assert format_rate([], "tcot", Tags(), "Thai") == 0.0
 
 
 @pytest.mark.parametrize(

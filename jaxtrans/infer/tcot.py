@@ -48,8 +48,3 @@ def in_format(text: str, tags: Tags = Tags()) -> bool:
         at = i + len(mark)
     ends = [*starts[1:], len(text)]
     return all(text[s + len(m) : e].strip() for s, m, e in zip(starts, marks, ends, strict=True))
-
-
-def format_rate(texts: list[str], tags: Tags = Tags()) -> float:
-    """TCOT format rate: the fraction of ``texts`` (answers to target-language prompts) :func:`in_format`."""
-    return sum(in_format(t, tags) for t in texts) / max(len(texts), 1)
