@@ -28,7 +28,7 @@ import os
 
 from ml_collections import config_dict
 
-from jaxtrans.config import component, lora_defaults, run_defaults, source, train_stage, vocab_stage
+from jaxtrans.config import component, large_model_memory, lora_defaults, run_defaults, source, train_stage, vocab_stage
 from jaxtrans.errors import JaxtransError
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
@@ -59,8 +59,7 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
                 ),
             }
         )  # fmt: skip
-        for st in (st for st in cfg.stages.values() if st.kind == "train"):
-            st.mu_dtype = "bfloat16"  # the 7B memory policy (docs/benchmarks.md): AdamW's first moment in bf16
+        large_model_memory(cfg.stages)
     elif variant == "local":
         cfg.language = config_dict.ConfigDict({"code": "zh_hans", "name": "Chinese (Simplified)", "tag": "<ZH>"})
         cfg.output_dir = "runs/bailong_zh_hans_local"

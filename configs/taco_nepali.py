@@ -21,7 +21,7 @@ import os
 
 from ml_collections import config_dict
 
-from jaxtrans.config import component, lora_defaults, run_defaults, source, train_stage
+from jaxtrans.config import component, large_model_memory, lora_defaults, run_defaults, source, train_stage
 from jaxtrans.errors import JaxtransError
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
@@ -53,8 +53,7 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
                                     warmup_steps=100, seq_len=1024, batch_size=64),
             }
         )  # fmt: skip
-        for st in (st for st in cfg.stages.values() if st.kind == "train"):
-            st.mu_dtype = "bfloat16"  # the 7B memory policy (docs/benchmarks.md): AdamW's first moment in bf16
+        large_model_memory(cfg.stages)
         cfg.eval.en_prompts = source("hf:HuggingFaceH4/mt_bench_prompts", columns={"prompt": "prompt.0"})
     elif variant == "local":
         cfg.output_dir = "runs/taco_nepali_local"

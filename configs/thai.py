@@ -40,7 +40,16 @@ import os
 
 from ml_collections import config_dict
 
-from jaxtrans.config import component, eval_stage, lora_defaults, run_defaults, source, train_stage, vocab_stage
+from jaxtrans.config import (
+    component,
+    eval_stage,
+    large_model_memory,
+    lora_defaults,
+    run_defaults,
+    source,
+    train_stage,
+    vocab_stage,
+)
 from jaxtrans.errors import JaxtransError
 
 
@@ -230,8 +239,7 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
             limit=200, max_new_tokens=256,
         )  # fmt: skip
         cfg.stages.pretrain.streaming = True
-        for st in (st for st in cfg.stages.values() if st.kind == "train"):
-            st.mu_dtype = "bfloat16"  # the 7B memory policy (docs/benchmarks.md): AdamW's first moment in bf16
+        large_model_memory(cfg.stages)
         cfg.eval.target_text = source("hf:openlanguagedata/flores_plus:tha_Thai", split="devtest")
         cfg.eval.en_prompts = source("hf:tatsu-lab/alpaca", columns={"prompt": "instruction"}, skip=50_000, limit=64)
         cfg.generation.batch_size = 64

@@ -230,6 +230,14 @@ def train_stage(data: dict[str, config_dict.ConfigDict], **overrides: Any) -> co
     return config_dict.ConfigDict(block)
 
 
+def large_model_memory(stages: config_dict.ConfigDict) -> None:
+    """The memory policy of the 7B-and-up variants: AdamW's first moment in bfloat16 in every train stage
+    (−0.30 GiB per chip for a 7B QLoRA r=64 step; docs/benchmarks.md)."""
+    for stage in stages.values():
+        if stage.kind == "train":
+            stage.mu_dtype = "bfloat16"
+
+
 def vocab_stage(corpus: config_dict.ConfigDict, **overrides: Any) -> config_dict.ConfigDict:
     """A vocabulary-extension stage block (Bailong): tokenizer training and new-row initialisation."""
     block = {

@@ -235,8 +235,7 @@ def _outcome(report: dict, tags: Tags) -> list[str]:
                          f"{fmt(scalar(b, 'en_agreement.chrf'))} against {fmt(scalar(last, 'en_agreement.chrf'))} "
                          f"at the end; {_rate(b)}; target loss "
                          f"{fmt(scalar(b, 'target_nats_per_char'))}")  # fmt: skip
-    name = last.get("answer_format", "tcot")  # (reports written before the key existed are TCOT's)
-    key = f"{name}_format_rate"
+    name, key = _format(last)
     if key in last:
         form, n = FORMATS[name], len(last.get("target_answers", []))
         lines.append(
@@ -285,14 +284,20 @@ def _losses(points: list[dict]) -> list[str]:
     return lines
 
 
+def _format(p: dict) -> tuple[str, str]:
+    """A point's answer format and its rate's key (reports written before the key existed are TCOT's)."""
+    name = p.get("answer_format", "tcot")
+    return name, f"{name}_format_rate"
+
+
 def _rate(p: dict) -> str:
-    key = f"{p.get('answer_format', 'tcot')}_format_rate"
-    return f"{FORMATS[p.get('answer_format', 'tcot')].label} format rate {fmt(scalar(p, key))}"
+    name, key = _format(p)
+    return f"{FORMATS[name].label} format rate {fmt(scalar(p, key))}"
 
 
 def _samples(points: list[dict], tags: Tags, samples: int, language: str) -> list[str]:
     base, last, lines = points[0], points[-1], []
-    form = FORMATS[last.get("answer_format", "tcot")]
+    form = FORMATS[_format(last)[0]]
     for key, title in (("en_answers", "English prompts"), ("target_answers", "Target-language prompts")):
         if key not in base or key not in last:
             continue
