@@ -92,12 +92,14 @@ def _embedded(cfg: config_dict.ConfigDict) -> None:
     LoRA r=16 (alpha/r kept at 2) at a low rate through Thai pretraining and
     translation, so English answers stay close to the original's, while the
     new-token rows learn Thai at their own higher rate; Thai titles are
-    replayed in the later stages so Thai loss does not go back up; the
-    transfer stage at a higher rate, long enough that the TCOT format with the
-    new tag tokens is learned, with recovery KD on 72 MT-bench questions (the
-    frozen model's answers, generated once). Held out: the first 200 loanword
-    pairs (TCOT prompts and the final evaluation's pairs), the first 1,000
-    titles (Thai loss) and MT-bench questions 73-80 (English answers).
+    replayed in the later stages so Thai loss does not go back up; recovery KD
+    on 72 MT-bench questions (the frozen model's answers, generated once) from
+    the translation stage on; the transfer stage at a higher rate, long enough
+    that the TCOT format with the new tag tokens is learned, with recovery KD
+    both on the answers' tokens and on the frozen model's logits. Held out: the
+    first 200 loanword pairs (TCOT prompts and the final evaluation's pairs),
+    the first 1,000 titles (Thai loss) and MT-bench questions 73-80 (English
+    answers).
     ``docs/benchmarks.md`` has the settings tried and what each gave.
     """
     cfg.output_dir = "runs/thai"
@@ -113,15 +115,16 @@ def _embedded(cfg: config_dict.ConfigDict) -> None:
                                 steps=18, warmup_steps=2, seq_len=128, **slow),
         "translate": train_stage({
             "pairs": component("translate", source(words, skip=200, columns=pairs)),
-            "english": component("sft", source("embedded:sharegpt_dummy", limit=100), weight=0.2),
+            "recovery": component("recovery_kd", recovery, weight=0.3),
             "thai": thai,
-        }, steps=12, warmup_steps=1, seq_len=128, **slow),
+        }, steps=12, warmup_steps=1, seq_len=128, **dict(slow, learning_rate=1e-4)),
         "transfer": train_stage({
             "tcot": component("tcot", source("embedded:thai_word_tcot", skip=200), weight=2.0),
             "recovery": component("recovery_kd", recovery, weight=2.0),
+            "logits": component("recovery_logits", recovery, weight=2.0),
             "translation": component("translate", source(words, skip=200, columns=pairs), weight=0.3),
             "thai": thai,
-        }, steps=24, warmup_steps=1, seq_len=192, learning_rate=1e-3, new_rows_learning_rate=5e-3, batch_size=8,
+        }, steps=32, warmup_steps=1, seq_len=192, learning_rate=1e-3, new_rows_learning_rate=5e-3, batch_size=8,
            save_every=10),
         # the suite of ``python -m jaxtrans.eval`` on the result and on the original model (whose numbers are
         # cached across runs); the word pairs are ones training skips, the MT-bench questions the ones recovery
@@ -150,8 +153,12 @@ def _local(cfg: config_dict.ConfigDict) -> None:
     the first 8 ThaiGov documents (3 for Thai loss), the first 24 Thai Vicuna
     questions (TCOT format rate), MT-bench questions 61-80 (English retention).
     The ``transfer_no_kd`` stage is the ablation: the transfer stage without
-    recovery KD, from the same translate-stage state (``start_from``); the
-    ``transfer`` stage after it, also from that state, is the run's result.
+    recovery KD (on the answers' tokens and on the logits), from the same
+    translate-stage state (``start_from``); the ``transfer`` stage after it,
+    also from that state, is the run's result. Both transfer stages run at
+    twice the earlier stages' LoRA rate, on TCOT examples whose English answers
+    are brief (at most 48 tokens, whole sentences), so the ``<TH>`` part comes
+    within the evaluation's answer length.
     """
     d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
     p = functools.partial(os.path.join, d)
@@ -165,13 +172,17 @@ def _local(cfg: config_dict.ConfigDict) -> None:
     alpaca = p("en-instruct-alpaca", "alpaca_data_1k.json")
     thai = component("pretrain", source(thaigov, skip=8), weight=0.3)
     rates = dict(learning_rate=5e-4, new_rows_learning_rate=5e-3, warmup_steps=4)
-    transfer = {
+    transfer_rates = dict(rates, learning_rate=1e-3)
+    transfer = {  # TCOT English answers of at most 48 tokens (whole sentences): the <TH> part follows a brief one
         "tcot_vicuna": component(
             "tcot",
             source(p("eval-vicuna-th", "vicuna_th.jsonl"), skip=24, columns={"query": "th", "en_query": "en"}),
-            weight=1.0,
+            weight=3.0,
+            answer_tokens=48,
         ),
-        "tcot_alpaca": component("tcot", source(alpaca, limit=32, columns={"en_query": "instruction"}), weight=1.0),
+        "tcot_alpaca": component(
+            "tcot", source(alpaca, limit=32, columns={"en_query": "instruction"}), weight=1.0, answer_tokens=48
+        ),
         "recovery": component(
             "recovery_kd",
             source(p("eval-mt-bench", "question.jsonl"), limit=40, columns={"prompt": "turns.0"}),
@@ -179,6 +190,11 @@ def _local(cfg: config_dict.ConfigDict) -> None:
         ),
         "recovery_alpaca": component(
             "recovery_kd", source(alpaca, limit=32, columns={"prompt": "instruction"}), weight=1.0
+        ),
+        "recovery_logits": component(
+            "recovery_logits",
+            source(p("eval-mt-bench", "question.jsonl"), limit=40, columns={"prompt": "turns.0"}),
+            weight=1.0,
         ),
         "translation": component("translate", pairs, weight=0.3),
         "thai": thai,
@@ -191,10 +207,10 @@ def _local(cfg: config_dict.ConfigDict) -> None:
                                 steps=80, seq_len=256, batch_size=8, save_every=20, **rates),
         "translate": train_stage({"talpco": component("translate", pairs), "tatoeba": component("translate", tatoeba),
                                   "thai": thai}, steps=80, seq_len=128, batch_size=16, save_every=20, **rates),
-        "transfer_no_kd": train_stage(no_kd, steps=24, seq_len=384, batch_size=4, save_every=8,
-                                      start_from="translate", **rates),
-        "transfer": train_stage(transfer, steps=24, seq_len=384, batch_size=4, save_every=8, start_from="translate",
-                                **rates),
+        "transfer_no_kd": train_stage(no_kd, steps=48, seq_len=384, batch_size=4, save_every=10,
+                                      start_from="translate", **transfer_rates),
+        "transfer": train_stage(transfer, steps=48, seq_len=384, batch_size=4, save_every=10, start_from="translate",
+                                **transfer_rates),
     })  # fmt: skip
     cfg.generation.max_new_tokens = 96
     cfg.eval.target_text = source(thaigov, limit=3)

@@ -127,6 +127,27 @@ def test_mixture_weights_and_missing_translator(tmp_path, tokenizer):
         build_rows([comp], tokenizer, Language(), Fillers(), 64, 4)
 
 
+def test_answer_tokens_caps_a_components_generated_answers(tmp_path):
+    """A TCOT component with ``answer_tokens`` asks the frozen model for answers of at most that many tokens (a
+    brief English part before the target tag); unset, the run's ``generation.max_new_tokens`` applies."""
+    from jaxtrans.data.mixture import fill
+
+    path = _write(tmp_path / "q.jsonl", json.dumps({"en_query": "Hi"}) + "\n")
+    asked = []
+
+    def answer(texts, max_new_tokens=None):
+        asked.append(max_new_tokens)
+        return [f"answer to {t}" for t in texts]
+
+    fillers = Fillers(answer=answer, to_target=lambda texts: [f"th {t}" for t in texts])
+    for options, cap in (({"answer_tokens": 48}, 48), ({}, None)):
+        comp = Component.from_config("s.tcot", component("tcot", source(path), **options))
+        got = fill(comp, [{"en_query": "Hi"}], fillers)[0]
+        assert got["en_answer"] == "answer to Hi" and got["answer"] == "th answer to Hi" and asked.pop() == cap
+    with pytest.raises(JaxtransError, match="'s.t': answer_tokens=48 must be a positive token count, on a kind"):
+        Component.from_config("s.t", component("pretrain", source(path), answer_tokens=48))
+
+
 def test_generation_cache_resumes_without_duplicates_or_losses(tmp_path):
     path = str(tmp_path / "gen.jsonl")
     inputs = [f"prompt {i}" for i in range(10)] + ["prompt 3"]  # a duplicate is generated once

@@ -180,3 +180,22 @@ def test_answers_are_cut_at_whole_characters(name, request):
         partial += decode_counted(tok, ids[:n], [])[1] > 0
     assert decode_answer(tok, ids, []) == text and decode_counted(tok, ids, []) == (text, 0)
     assert partial > 0  # byte-level pieces of Thai / the emoji: some cuts fall inside a character
+
+
+@pytest.mark.parametrize(
+    "text,kept",
+    [
+        ("The capital is Paris. It has many muse", "The capital is Paris."),
+        ("Steps:\n1. Boil water\n2. Add te", "Steps:\n1. Boil water"),  # "2." is a list number, not an end
+        ("Is it true? Yes, it is! Mostly so, and th", "Is it true? Yes, it is!"),
+        ("One long clause that never ends before the cut", "One long clause that never ends before the cut"),
+        ("Hi. Then a very long second sentence that runs on and on and on", "Hi. Then a very long second sentence"
+         " that runs on and on and on"),  # the last end keeps under a third: the whole text stays
+    ],
+)  # fmt: skip
+def test_cut_answers_are_trimmed_to_whole_sentences(text, kept):
+    """A training answer that ``max_new_tokens`` ended is kept up to its last whole sentence, so recovery KD and
+    TCOT never teach a stop (or a ``<TH>``) in the middle of a sentence."""
+    from jaxtrans.curriculum.fillers import whole_sentences
+
+    assert whole_sentences(text) == kept

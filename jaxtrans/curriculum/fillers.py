@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Any
 
 from jaxtrans.curriculum.state import RunState
@@ -21,17 +22,40 @@ from jaxtrans.eval import measures
 from jaxtrans.model import llama
 from jaxtrans.view import ModelView
 
+# a sentence ends at . ! ? (or their full-width forms) before whitespace, not after a digit ("1. "), or at a
+# line break
+_SENTENCE_END = re.compile(r"(?<![0-9])[.!?\u3002\uff01\uff1f](?=\s)|\n")
 
-def _generator(state: RunState, view: ModelView, label: str, what: str) -> Any:
+
+def whole_sentences(text: str) -> str:
+    """``text`` up to its last complete sentence; the whole text when that would keep less than a third of it.
+
+    An answer that ``max_new_tokens`` ended stops mid-sentence. Trained on as it is,
+    it teaches the model to stop mid-sentence (recovery KD) and to put the target
+    tag after a broken sentence at a length it cannot know (TCOT); the last whole
+    sentence is a natural end.
+    """
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] >= len(text) / 3:
+        return text[: ends[-1]].rstrip()
+    return text
+
+
+def _generator(state: RunState, view: ModelView, label: str, what: str, sentences: bool = False) -> Any:
+    """Cached greedy answers of ``view`` (at most ``generation.max_new_tokens``, or the ``max_new_tokens`` a
+    call gives); with ``sentences``, an answer that the cap ended is trimmed to its last whole sentence
+    (:func:`whole_sentences`)."""
     gen = state.cfg.generation
 
-    def batch_fn(prompts: list[str]) -> list[str]:
-        return measures.answers(view, prompts, gen.max_new_tokens, gen.batch_size)
+    def batch_fn(prompts: list[str], n: int) -> list[str]:
+        got = measures.generations(view, prompts, n, gen.batch_size)
+        return [whole_sentences(a.text) if sentences and a.cut else a.text for a in got]
 
-    def fn(texts: list[str]) -> list[str]:
-        settings = f"{label}|{gen.max_new_tokens}"
+    def fn(texts: list[str], max_new_tokens: int | None = None) -> list[str]:
+        n = max_new_tokens or gen.max_new_tokens
+        settings = f"{label}|{n}" + ("|whole-sentences" if sentences else "")
         path = os.path.join(state.out, "generated", f"{what}.jsonl")
-        return cached_generate(path, texts, batch_fn, settings, gen.batch_size, desc=what)
+        return cached_generate(path, texts, functools.partial(batch_fn, n=n), settings, gen.batch_size, desc=what)
 
     return fn
 
@@ -60,14 +84,16 @@ def _translations(state: RunState, view: ModelView, label: str) -> tuple[Any, An
 
 
 def fillers(state: RunState) -> Fillers:
-    """English answers from the frozen base; translations from the configured translator.
+    """English answers from the frozen base (cut ones trimmed to whole sentences); translations from the
+    configured translator.
 
     ``translator.model``: ``self`` (the model as trained so far: TransLLM's
     recipe; nothing before the first train stage), ``none``, or a model path
     (into the target language only).
     """
     nf4 = "+nf4" if state.adapters.quantized else ""  # QLoRA: the frozen model answers with its NF4 weights
-    answer = _generator(state, state.view(trained=False), f"base:{state.cfg.model.path}{nf4}", "answers")
+    base = state.view(trained=False)
+    answer = _generator(state, base, f"base:{state.cfg.model.path}{nf4}", "answers", sentences=True)
     t = state.cfg.translator
     to_target = to_english = None
     if t.model == "self" and state.trainable is not None:

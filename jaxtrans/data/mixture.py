@@ -7,7 +7,9 @@ A component is one config block::
     weight:  share of the stage's rows (mixtures; weights are normalised)
     options: directions (translate: both | forward), style (translate: chat | tagged; recovery_logits: chat,
              on the frozen model's answers | prompt, on the prompt text alone), system (a system prompt),
-             language (target | en: whose script the text is checked against; en for English replay)
+             language (target | en: whose script the text is checked against; en for English replay),
+             answer_tokens (tcot, recovery_kd, recovery_logits, taco: the most tokens of the frozen model's
+             generated English answers, trimmed to whole sentences; unset: ``generation.max_new_tokens``)
 
 What each kind reads (roles; ``?`` = filled in by a model when the data lacks it):
 
@@ -60,6 +62,10 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
+# The kinds whose missing English answers the frozen model generates
+ANSWERED = ("tcot", "recovery_kd", "recovery_logits", "taco")
+
+
 @dataclasses.dataclass(frozen=True)
 class Component:
     name: str
@@ -70,6 +76,7 @@ class Component:
     style: str = "chat"
     system: str = ""
     language: str = "target"  # pretrain text in the target language, or "en" (English replay): see target_texts
+    answer_tokens: int = 0  # the cap on generated English answers; 0: generation.max_new_tokens
 
     @classmethod
     def from_config(cls, name: str, block: Any) -> Component:
@@ -80,7 +87,7 @@ class Component:
         if "source" not in d:
             raise JaxtransError(f"data component {name!r} has no source; give source.path")
         source = Source.from_config(d.pop("source"))
-        unknown = set(d) - {"weight", "directions", "style", "system", "language"}
+        unknown = set(d) - {"weight", "directions", "style", "system", "language", "answer_tokens"}
         if unknown:
             raise JaxtransError(f"data component {name!r}: unknown keys {sorted(unknown)}")
         comp = cls(name=name, kind=kind, source=source, **d)
@@ -91,6 +98,11 @@ class Component:
             raise JaxtransError(f"data component {name!r}: directions is both|forward, style is {'|'.join(styles)}")
         if comp.language not in ("target", "en"):
             raise JaxtransError(f"data component {name!r}: language is target (the run's language) or en")
+        if comp.answer_tokens and (comp.kind not in ANSWERED or comp.answer_tokens < 0):
+            raise JaxtransError(
+                f"data component {name!r}: answer_tokens={comp.answer_tokens} must be a positive token count, on a "
+                f"kind whose English answers are generated ({', '.join(ANSWERED)})"
+            )
         return comp
 
 
@@ -118,7 +130,8 @@ class Language:
 class Fillers:
     """Where missing fields come from; each takes a batch of texts and returns one output per text.
 
-    ``answer``: the frozen base chat model's answers to English prompts.
+    ``answer``: the frozen base chat model's answers to English prompts; it takes
+    ``max_new_tokens=`` too, a component's ``answer_tokens``.
     ``to_target`` / ``to_english``: translation into / out of the target language.
     """
 
@@ -142,23 +155,36 @@ def _fill(records: list[dict], role: str, fn: Callable[[list[str]], list[str]], 
             r[role] = out
 
 
+def _getter(comp: Component, fillers: Fillers) -> Callable[[str], Callable[[list[str]], list[str]]]:
+    """The filler named ``what``; English answers capped at the component's ``answer_tokens`` when it sets one."""
+
+    def get(what: str) -> Callable[[list[str]], list[str]]:
+        fn = fillers.get(what, comp.name)
+        if what == "answer" and comp.answer_tokens:
+            return lambda texts: fn(texts, max_new_tokens=comp.answer_tokens)
+        return fn
+
+    return get
+
+
 def fill(comp: Component, records: list[dict], fillers: Fillers) -> list[dict]:
     """Complete the ``?`` roles of every record (generation is cached by the fillers)."""
+    get = _getter(comp, fillers)
     if comp.kind == "recovery_kd" or (comp.kind == "recovery_logits" and comp.style == "chat"):
         if any("answer" not in r for r in records):
-            _fill(records, "answer", fillers.get("answer", comp.name), "prompt")
+            _fill(records, "answer", get("answer"), "prompt")
     elif comp.kind == "tcot":
         for role, fn, frm in (("en_answer", "answer", "en_query"), ("query", "to_target", "en_query"),
                               ("answer", "to_target", "en_answer")):  # fmt: skip
             if any(role not in r for r in records):
-                _fill(records, role, fillers.get(fn, comp.name), frm)
+                _fill(records, role, get(fn), frm)
     elif comp.kind == "taco":
         for r in records:
             r["_full"] = r["instruction"] + (f"\n{r['input']}" if r.get("input") else "")
         for role, fn, frm in (("response", "answer", "_full"), ("target_instruction", "to_target", "_full"),
                               ("target_response", "to_target", "response")):  # fmt: skip
             if any(role not in r for r in records):
-                _fill(records, role, fillers.get(fn, comp.name), frm)
+                _fill(records, role, get(fn), frm)
     return records
 
 
