@@ -124,7 +124,7 @@ def _embedded(cfg: config_dict.ConfigDict) -> None:
             "logits": component("recovery_logits", recovery, weight=2.0),
             "translation": component("translate", source(words, skip=200, columns=pairs), weight=0.3),
             "thai": thai,
-        }, steps=32, warmup_steps=1, seq_len=192, learning_rate=1e-3, new_rows_learning_rate=5e-3, batch_size=8,
+        }, steps=48, warmup_steps=1, seq_len=192, learning_rate=5e-4, new_rows_learning_rate=5e-3, batch_size=8,
            save_every=10),
         # the suite of ``python -m jaxtrans.eval`` on the result and on the original model (whose numbers are
         # cached across runs); the word pairs are ones training skips, the MT-bench questions the ones recovery
