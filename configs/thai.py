@@ -173,6 +173,7 @@ def _local(cfg: config_dict.ConfigDict) -> None:
     thai = component("pretrain", source(thaigov, skip=8), weight=0.3)
     rates = dict(learning_rate=5e-4, new_rows_learning_rate=5e-3, warmup_steps=4)
     transfer_rates = dict(rates, learning_rate=1e-3)
+    mtbench = source(p("eval-mt-bench", "question.jsonl"), limit=40, columns={"prompt": "turns.0"})  # recovery KD
     transfer = {  # TCOT English answers of at most 48 tokens (whole sentences): the <TH> part follows a brief one
         "tcot_vicuna": component(
             "tcot",
@@ -183,19 +184,11 @@ def _local(cfg: config_dict.ConfigDict) -> None:
         "tcot_alpaca": component(
             "tcot", source(alpaca, limit=32, columns={"en_query": "instruction"}), weight=1.0, answer_tokens=48
         ),
-        "recovery": component(
-            "recovery_kd",
-            source(p("eval-mt-bench", "question.jsonl"), limit=40, columns={"prompt": "turns.0"}),
-            weight=1.0,
-        ),
+        "recovery": component("recovery_kd", mtbench, weight=1.0),
         "recovery_alpaca": component(
             "recovery_kd", source(alpaca, limit=32, columns={"prompt": "instruction"}), weight=1.0
         ),
-        "recovery_logits": component(
-            "recovery_logits",
-            source(p("eval-mt-bench", "question.jsonl"), limit=40, columns={"prompt": "turns.0"}),
-            weight=1.0,
-        ),
+        "recovery_logits": component("recovery_logits", mtbench, weight=1.0),
         "translation": component("translate", pairs, weight=0.3),
         "thai": thai,
     }
