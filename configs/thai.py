@@ -96,7 +96,11 @@ def _embedded(cfg: config_dict.ConfigDict) -> None:
     on 72 MT-bench questions (the frozen model's answers, generated once) from
     the translation stage on; the transfer stage at a higher rate, long enough
     that the TCOT format with the new tag tokens is learned, with recovery KD
-    both on the answers' tokens and on the frozen model's logits. Held out: the
+    on the frozen model's logits over its own answers (temperature 2). The
+    English answers stay on the path the original model takes: the answer
+    without a tag, which the logit KD holds (token-level recovery KD there
+    teaches ``<RESPONSE>`` first, a path that logit KD does not reach and on
+    which English drifted further). Held out: the
     first 200 loanword pairs (TCOT prompts and the final evaluation's pairs),
     the first 1,000 titles (Thai loss) and MT-bench questions 73-80 (English
     answers).
@@ -120,12 +124,11 @@ def _embedded(cfg: config_dict.ConfigDict) -> None:
         }, steps=12, warmup_steps=1, seq_len=128, **dict(slow, learning_rate=1e-4)),
         "transfer": train_stage({
             "tcot": component("tcot", source("embedded:thai_word_tcot", skip=200), weight=2.0),
-            "recovery": component("recovery_kd", recovery, weight=2.0),
-            "logits": component("recovery_logits", recovery, weight=2.0),
+            "logits": component("recovery_logits", recovery, weight=4.0),
             "translation": component("translate", source(words, skip=200, columns=pairs), weight=0.3),
             "thai": thai,
         }, steps=48, warmup_steps=1, seq_len=192, learning_rate=5e-4, new_rows_learning_rate=5e-3, batch_size=8,
-           save_every=10),
+           save_every=10, distill_temperature=2.0),
         # the suite of ``python -m jaxtrans.eval`` on the result and on the original model (whose numbers are
         # cached across runs); the word pairs are ones training skips, the MT-bench questions the ones recovery
         # KD leaves out

@@ -1,4 +1,5 @@
-"""Recovery KD at the logit level: exact zero at step 0, one copy of the base, and it pulls toward the base."""
+"""Recovery KD at the logit level: exact zero at step 0, one copy of the base, it pulls toward the base, and the
+frozen model reads a tagged answer exactly as it would read the answer alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from jaxtrans import sharding
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.lora import LoraConfig
-from jaxtrans.train.distill import KD_MASK, DistillConfig
+from jaxtrans.train.distill import KD_MASK, DistillConfig, teacher_view
 from jaxtrans.train.optim import OptimConfig
 from jaxtrans.train.step import Trainer
 from tests.train_job import examples, tiny_config
@@ -73,6 +74,51 @@ def test_the_step_holds_one_copy_of_the_base():
         mem = t.compiled_step(base).lower(state, base, batch).compile().memory_analysis()
         sizes.append(mem.argument_size_in_bytes)
     assert sizes[1] <= 1.05 * sizes[0]
+
+
+def test_the_teacher_reads_a_tagged_row_as_the_row_without_its_new_tokens():
+    """Two packed examples, each ``prompt <TAG> answer`` with a new id as the tag: with the tag hidden the frozen
+    model's logits at every answer position equal its logits on ``prompt answer`` (the answer where the
+    transferred model gives it, distilled from what the frozen model would say there)."""
+    cfg = tiny_config()
+    base = llama.init_params(cfg, seed=1)
+    model = llama.Llama(cfg, llama.Adapters())
+    rng = np.random.default_rng(0)
+    prompts, answers, tag = [rng.integers(0, 128, 5), rng.integers(0, 128, 3)], [rng.integers(0, 128, 6)] * 2, 130
+    row, plain = [], []
+    for k, (p, a) in enumerate(zip(prompts, answers, strict=True), 1):
+        row.append((np.concatenate([p, [tag], a]), k))
+        plain.append((np.concatenate([p, a]), k))
+
+    def packed(examples):
+        tokens = np.concatenate([x for x, _ in examples])[None].astype(np.int32)
+        seg = np.concatenate([np.full(len(x), k) for x, k in examples])[None].astype(np.int32)
+        pos = np.concatenate([np.arange(len(x)) for x, _ in examples])[None].astype(np.int32)
+        return tokens, seg, pos
+
+    tokens, seg, pos = packed(row)
+    hidden, _ = model.apply({"params": base}, *teacher_view(tokens, seg, pos, cfg.vocab_size))
+    alone, _ = model.apply({"params": base}, *packed(plain))
+    keep = np.asarray(tokens[0] < cfg.vocab_size)  # the row without its tags lines up with the plain row
+    np.testing.assert_allclose(np.asarray(hidden)[0, keep], np.asarray(alone)[0], atol=1e-5)
+    # without hiding, the tag (read as id 0) changes what the frozen model says after it
+    shown, _ = model.apply({"params": base}, np.where(tokens < cfg.vocab_size, tokens, 0), seg, pos)
+    assert not np.allclose(np.asarray(shown)[0, keep], np.asarray(alone)[0], atol=1e-3)
+
+
+def test_a_tag_the_frozen_model_lacks_is_trained_not_distilled():
+    """In a distilled row, the position whose target is a new id is cross-entropy, the one whose input is a
+    new id is neither, every other position is distilled."""
+    trainer, cfg = _trainer(new_tokens=4, dropout=0.0)
+    base = llama.init_params(cfg, seed=1)
+    state = trainer.init_state(base)
+    micro = jax.tree.map(lambda x: x[0], _kd_batch(vocab=128))
+    micro["tokens"][0, 5], micro["targets"][0, 4] = 129, 129  # one tag inside the first row
+    loss_sum, count = jax.jit(trainer.loss_fn)(state.trainable, base, micro, jax.random.key(0))
+    assert float(count) == micro["loss_mask"].size - 1 and np.isfinite(float(loss_sum))
+    micro["loss_mask"][0, 4] = 0  # the position that predicts the tag, left out: one count fewer
+    _, count = jax.jit(trainer.loss_fn)(state.trainable, base, micro, jax.random.key(0))
+    assert float(count) == micro["loss_mask"].size - 2
 
 
 def test_recovery_logits_rows_and_bad_settings(shared_data, tmp_path):

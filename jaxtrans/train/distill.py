@@ -13,6 +13,16 @@ the positions to distil (value 1 is ordinary next-token cross-entropy); the
 step adds the divergence summed over those positions to the loss, so each
 distilled position weighs as much as a trained token.
 
+The frozen model does not know the new tokens. Where a distilled row holds
+some (a tag such as ``<RESPONSE>``, or words the extended vocabulary spells
+with new ids), the teacher reads the row with them *hidden*
+(:func:`teacher_view`): no other token attends to them and the later
+positions close up, which is exactly the frozen model reading the row without
+them (not the same row with an unrelated token in their place). A distilled
+position whose input or target is a new id is not distilled; one whose target
+is new is trained by cross-entropy instead, as the frozen model has no
+distribution over it.
+
 Divergences, with temperature tau (scaled by tau^2, as in Hinton et al.):
 
 * ``kl``: KL(p_base || p_adapted), the student's distribution over its whole
@@ -49,6 +59,25 @@ class DistillConfig:
             )
         if not self.temperature > 0:
             raise JaxtransError(f"recovery_logits temperature {self.temperature} must be > 0")
+
+
+def teacher_view(
+    tokens_bt: jax.Array, segment_bt: jax.Array, positions_bt: jax.Array, vocab: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The row as the frozen model reads it: new ids (>= ``vocab``) hidden, later positions closed up.
+
+    A hidden token gets a segment of its own (no real token attends to it; its own
+    output is never used) and id 0; a real token's position drops by the number of
+    hidden tokens before it in its packed example (positions restart at 0 per example).
+    """
+    new_bt = tokens_bt >= vocab
+    count_bt = jnp.cumsum(new_bt.astype(jnp.int32), axis=1)  # new ids up to and including t
+    at_start_bt = jnp.where(positions_bt == 0, count_bt - new_bt, 0)  # new ids before the example's first token
+    hidden_bt = count_bt - jax.lax.cummax(at_start_bt, axis=1)
+    tokens = jnp.where(new_bt, 0, tokens_bt)
+    segments = jnp.where(new_bt, -segment_bt, segment_bt)  # real segments are > 0: no real token attends to these
+    positions = jnp.maximum(positions_bt - hidden_bt, 0)
+    return tokens, segments, positions
 
 
 def divergence(

@@ -26,7 +26,7 @@ from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.model.loss import cross_entropy
-from jaxtrans.train.distill import KD_MASK, DistillConfig, divergence
+from jaxtrans.train.distill import KD_MASK, DistillConfig, divergence, teacher_view
 from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -147,22 +147,25 @@ class Trainer:
             targets = (micro["targets"], micro["loss_mask"])
             return self.model.apply(variables, *args, *targets, rngs={"dropout": rng}, method="loss")
         logits, _ = self.model.apply(variables, *args, rngs={"dropout": rng})
-        ce_sum, ce_n = cross_entropy(logits, micro["targets"], micro["loss_mask"] == 1)
+        # a distilled position whose target the frozen model lacks (a tag such as <RESPONSE>) is trained instead
+        distilled_bt = micro["loss_mask"] == KD_MASK
+        trained_bt = (micro["loss_mask"] == 1) | (distilled_bt & (micro["targets"] >= self.cfg.vocab_size))
+        ce_sum, ce_n = cross_entropy(logits, micro["targets"], trained_bt)
         kd_sum, kd_n = self._distill_loss(base, micro, logits)
         return ce_sum + kd_sum, ce_n + kd_n
 
     def _distill_loss(self, base: Any, micro: dict[str, jax.Array], logits_btv: jax.Array) -> tuple:
-        """The divergence from the frozen model: the same base params, adapters and new rows off, no gradient."""
+        """The divergence from the frozen model: the same base params, adapters and new rows off, no gradient;
+        it reads the row with the new-id tokens hidden (``distill.teacher_view``)."""
         vocab = self.cfg.vocab_size
         tokens = micro["tokens"]
-        kd_bt = (micro["loss_mask"] == KD_MASK) & (tokens < vocab)  # not where the input is a new id (unknown to it)
+        # not where the input or the target is a new id (unknown to the frozen model)
+        kd_bt = (micro["loss_mask"] == KD_MASK) & (tokens < vocab) & (micro["targets"] < vocab)
         teacher_adapters = dataclasses.replace(self.adapters, lora=None, new_tokens=0, padding_rows=0)
 
         def teacher() -> jax.Array:
-            safe = jnp.where(tokens < vocab, tokens, 0)
-            out, _ = llama.Llama(self.cfg, teacher_adapters).apply(
-                {"params": base}, safe, micro["segment_ids"], micro["positions"]
-            )
+            view = teacher_view(tokens, micro["segment_ids"], micro["positions"], vocab)
+            out, _ = llama.Llama(self.cfg, teacher_adapters).apply({"params": base}, *view)
             return jax.lax.stop_gradient(out)
 
         shape = jax.eval_shape(teacher)
