@@ -32,7 +32,9 @@ Switches beyond the paper (defaults keep TransLLM's recipe):
   (English prompts; distilled on the frozen model's answers, generated once, or
   with ``style="prompt"`` on the prompt text alone, no generation); pick the
   divergence with ``distill_divergence`` (``kl``, ``reverse_kl``, ``jsd``) and
-  ``distill_temperature`` on the stage. It needs ``model.loss_chunk=0``.
+  ``distill_temperature`` on the stage. It needs ``model.loss_chunk=0``. The
+  ``embedded`` variant's transfer stage uses it in place of token-level
+  recovery KD (``docs/benchmarks.md``, run 27).
 """
 
 import functools

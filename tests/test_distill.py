@@ -78,8 +78,8 @@ def test_the_step_holds_one_copy_of_the_base():
 
 def test_the_teacher_reads_a_tagged_row_as_the_row_without_its_new_tokens():
     """Two packed examples, each ``prompt <TAG> answer`` with a new id as the tag: with the tag hidden the frozen
-    model's logits at every answer position equal its logits on ``prompt answer`` (the answer where the
-    transferred model gives it, distilled from what the frozen model would say there)."""
+    model's logits at every other position equal its logits on ``prompt answer``: what it would say there had
+    the row no token it does not know."""
     cfg = tiny_config()
     base = llama.init_params(cfg, seed=1)
     model = llama.Llama(cfg, llama.Adapters())
