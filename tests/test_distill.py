@@ -97,6 +97,8 @@ def test_the_teacher_reads_a_tagged_row_as_the_row_without_its_new_tokens():
         return tokens, seg, pos
 
     tokens, seg, pos = packed(row)
+    for got, given in zip(teacher_view(*packed(plain), cfg.vocab_size), packed(plain), strict=True):
+        np.testing.assert_array_equal(got, given)  # a row without new ids is read as it is
     hidden, _ = model.apply({"params": base}, *teacher_view(tokens, seg, pos, cfg.vocab_size))
     alone, _ = model.apply({"params": base}, *packed(plain))
     keep = np.asarray(tokens[0] < cfg.vocab_size)  # the row without its tags lines up with the plain row

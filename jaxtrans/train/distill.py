@@ -41,7 +41,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxtrans.data.formats import DISTILLED as KD_MASK  # noqa: F401  (the loss-mask value of a position to distil)
+from jaxtrans.data.formats import DISTILLED as KD_MASK  # the loss-mask value of a position to distil
 from jaxtrans.errors import JaxtransError
 
 DIVERGENCES = ("kl", "reverse_kl", "jsd")
@@ -59,6 +59,17 @@ class DistillConfig:
             )
         if not self.temperature > 0:
             raise JaxtransError(f"recovery_logits temperature {self.temperature} must be > 0")
+
+
+def split_mask(
+    loss_mask_bt: jax.Array, tokens_bt: jax.Array, targets_bt: jax.Array, vocab: int
+) -> tuple[jax.Array, jax.Array]:
+    """(cross-entropy positions, distilled positions) of a row: mask value 1, and value 2 where input and target
+    are known to the frozen model; a value-2 position whose target is a new id is cross-entropy."""
+    distilled_bt = loss_mask_bt == KD_MASK
+    new_target_bt = targets_bt >= vocab
+    trained_bt = (loss_mask_bt == 1) | (distilled_bt & new_target_bt)
+    return trained_bt, distilled_bt & (tokens_bt < vocab) & ~new_target_bt
 
 
 def teacher_view(

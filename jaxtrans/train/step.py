@@ -26,7 +26,7 @@ from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.model.loss import cross_entropy
-from jaxtrans.train.distill import KD_MASK, DistillConfig, divergence, teacher_view
+from jaxtrans.train.distill import DistillConfig, divergence, split_mask, teacher_view
 from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -147,20 +147,17 @@ class Trainer:
             targets = (micro["targets"], micro["loss_mask"])
             return self.model.apply(variables, *args, *targets, rngs={"dropout": rng}, method="loss")
         logits, _ = self.model.apply(variables, *args, rngs={"dropout": rng})
-        # a distilled position whose target the frozen model lacks (a tag such as <RESPONSE>) is trained instead
-        distilled_bt = micro["loss_mask"] == KD_MASK
-        trained_bt = (micro["loss_mask"] == 1) | (distilled_bt & (micro["targets"] >= self.cfg.vocab_size))
+        vocab = self.cfg.vocab_size
+        trained_bt, kd_bt = split_mask(micro["loss_mask"], micro["tokens"], micro["targets"], vocab)
         ce_sum, ce_n = cross_entropy(logits, micro["targets"], trained_bt)
-        kd_sum, kd_n = self._distill_loss(base, micro, logits)
+        kd_sum, kd_n = self._distill_loss(base, micro, logits, kd_bt)
         return ce_sum + kd_sum, ce_n + kd_n
 
-    def _distill_loss(self, base: Any, micro: dict[str, jax.Array], logits_btv: jax.Array) -> tuple:
-        """The divergence from the frozen model: the same base params, adapters and new rows off, no gradient;
-        it reads the row with the new-id tokens hidden (``distill.teacher_view``)."""
+    def _distill_loss(self, base: Any, micro: dict[str, jax.Array], logits_btv: jax.Array, kd_bt: jax.Array) -> tuple:
+        """The divergence from the frozen model at ``kd_bt``: the same base params, adapters and new rows off, no
+        gradient; it reads the row with the new-id tokens hidden (``distill.teacher_view``)."""
         vocab = self.cfg.vocab_size
         tokens = micro["tokens"]
-        # not where the input or the target is a new id (unknown to the frozen model)
-        kd_bt = (micro["loss_mask"] == KD_MASK) & (tokens < vocab) & (micro["targets"] < vocab)
         teacher_adapters = dataclasses.replace(self.adapters, lora=None, new_tokens=0, padding_rows=0)
 
         def teacher() -> jax.Array:
