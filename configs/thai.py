@@ -234,7 +234,6 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
         cfg.model.dtype = "bfloat16"
         cfg.model.param_dtype = "bfloat16"
         cfg.model.remat = "full"
-        cfg.model.attention = "dot_product"  # cuDNN on GPUs; set flash on TPUs
         cfg.model.loss_chunk = 512
         cfg.stages = config_dict.ConfigDict(
             _paper_stages(

@@ -32,7 +32,9 @@ def model_defaults() -> config_dict.ConfigDict:
             "param_dtype": "float32",  # storage dtype of the frozen base
             "remat": "none",  # none | full | save_dots
             "loss_chunk": 0,  # >0: the training loss over this many positions at a time (long rows, big vocabularies)
-            "attention": "xla",  # xla | chunked (flash-like memory in XLA) | dot_product (cuDNN) | flash (Pallas, TPU)
+            # auto: the platform's flash kernel (Pallas on TPU, Pallas Triton on NVIDIA GPUs), the reference on CPU;
+            # or xla | chunked (flash-like memory in XLA) | dot_product (cuDNN, materialised mask) | flash | triton
+            "attention": "auto",
             # the tokenizer beside the weights must fit them (jaxtrans.pretrained.check_tokenizer); True skips that
             "allow_tokenizer_mismatch": False,
         }

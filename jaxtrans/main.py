@@ -22,8 +22,12 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "plan only: compile the train ste
 _DEVICE = flags.DEFINE_string("device", "H100", "with --dry_run: the device to check the fit against")
 _MFU = flags.DEFINE_float("mfu", 0.4, "with --dry_run: the MFU to predict tokens/s at")
 _TOPOLOGY = flags.DEFINE_string(
-    "topology", None, "with --dry_run on a TPU device: the slice to compile for with the TPU compiler (e.g. v5e:2x2, "
-    "v5p:2x2x1; needs libtpu); default: the smallest slice the mesh fits"
+    "topology", None, "with --dry_run: the TPU slice (e.g. v5e:2x2, v5p:2x2x1; needs libtpu) or the GPUs as "
+    "PARTITIONSxHOSTSxGPUS (1x1x8, 1x2x8; needs the CUDA plugin) to compile for; default: the smallest the mesh fits"
+)  # fmt: skip
+_GPU_DESCRIPTION = flags.DEFINE_string(
+    "gpu_description", None, "with --dry_run on a GPU device: a GpuTargetConfigProto text file describing the card "
+    "to the XLA GPU compiler instead of the device table's (for a card the table lacks)"
 )  # fmt: skip
 _PROMPT_LEN = flags.DEFINE_integer(
     "generation_prompt_len", 0, "with --dry_run: also compile the frozen model's decode (generation.batch_size "
@@ -57,11 +61,11 @@ def _main(argv: list[str]) -> None:
     if _DRY_RUN.value:
         from jaxtrans.plan import plan
 
-        plan(_CONFIG.value, _DEVICE.value, _MFU.value, _TOPOLOGY.value)
+        plan(_CONFIG.value, _DEVICE.value, _MFU.value, _TOPOLOGY.value, _GPU_DESCRIPTION.value)
         if _PROMPT_LEN.value:
             from jaxtrans.plan import plan_generation
 
-            plan_generation(_CONFIG.value, _DEVICE.value, _TOPOLOGY.value, _PROMPT_LEN.value)
+            plan_generation(_CONFIG.value, _DEVICE.value, _TOPOLOGY.value, _PROMPT_LEN.value, _GPU_DESCRIPTION.value)
         return
     run(_CONFIG.value)
 
@@ -69,7 +73,7 @@ def _main(argv: list[str]) -> None:
 def usage(argv: list[str]) -> str:
     """The --help text: the command, every flag with its help and default, and (with --config) the config's keys."""
     lines = [__doc__.strip(), "", "flags:"]
-    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU, _TOPOLOGY, _PROMPT_LEN):
+    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU, _TOPOLOGY, _GPU_DESCRIPTION, _PROMPT_LEN):
         f = flags.FLAGS[flag.name]
         default = "" if f.default is None else f" (default: {f.default})"
         lines.append(f"  --{f.name}: {f.help}{default}")
@@ -99,6 +103,10 @@ def cli(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     signal.signal(signal.SIGTERM, _sigterm)
     dump = None
+    if "--dry_run" in argv:  # the planner compiles for abstract TPUs and GPUs from the CPU platform
+        from jaxtrans import platforms
+
+        platforms.cpu()
     if "--dry_run" in argv and "JAXTRANS_PLAN_DUMP" not in os.environ:  # before jax starts: XLA reads its flags once
         import tempfile
 

@@ -5,8 +5,10 @@ a table of well-known hub models (so a 7B or 70B plan works offline), or from
 the hub (config only). The step is lowered for the configured mesh and the
 largest train stage's batch and compiled: for a TPU (``--device v5e`` ...)
 by the TPU compiler itself on an abstract slice (``jaxtrans.topology``, needs
-libtpu; otherwise the local compiler, labelled as such), for GPUs by the local
-compiler (an estimate, labelled). It prints the compiled per-device peak
+libtpu), for an NVIDIA GPU (``--device H100``, ``RTX4090`` ...) by the XLA GPU
+compiler on abstract GPUs (``jaxtrans.gpu``, needs the CUDA plugin); without
+them by the local compiler, labelled an estimate. It prints the attention
+kernel the compiler emitted, the compiled per-device peak
 beside the analytic memory floor (``jaxtrans.costs``) and the largest buffers
 of the compiled step, and FLOPs counted from the shapes (XLA's own count sees
 a scanned layer once) with the tokens/s they give at an MFU.
@@ -24,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtrans import costs, sharding
+from jaxtrans import costs, gpu, sharding
 from jaxtrans import topology as tpu
 from jaxtrans.devices import DEVICES, GiB
 from jaxtrans.errors import JaxtransError
@@ -47,6 +49,14 @@ PRESETS = {
                                    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8},
 }  # fmt: skip
 PRESETS["meta-llama/Meta-Llama-3-8B-Instruct"] = PRESETS["meta-llama/Meta-Llama-3-8B"]
+PRESETS["meta-llama/Llama-3.1-8B"] = {**PRESETS["meta-llama/Meta-Llama-3-8B"], "max_position_embeddings": 131072,
+                                      "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                       "high_freq_factor": 4.0,
+                                                       "original_max_position_embeddings": 8192}}  # fmt: skip
+PRESETS["meta-llama/Llama-3.1-8B-Instruct"] = PRESETS["meta-llama/Llama-3.1-8B"]
+PRESETS["meta-llama/Llama-3.1-70B-Instruct"] = {**PRESETS["meta-llama/Llama-3.1-8B"], "hidden_size": 8192,
+                                                "intermediate_size": 28672, "num_hidden_layers": 80,
+                                                "num_attention_heads": 64, "num_key_value_heads": 8}  # fmt: skip
 for _name in list(PRESETS):
     PRESETS[_name.replace("-hf", "-chat-hf")] = PRESETS[_name]
 
@@ -83,8 +93,8 @@ def _trainer(cfg: Any, devices: list | None = None) -> tuple[Any, Any]:
 
     m = cfg.model
     attn = m.attention
-    if devices is None and attn in ("dot_product", "flash"):  # fused kernels of other backends do not compile here;
-        attn = "chunked"  # "chunked" has their memory profile in plain XLA
+    if devices is None and attn in ("auto", "dot_product", "flash", "triton"):  # an estimate on the local compiler:
+        attn = "chunked"  # other backends' fused kernels do not compile here; "chunked" has their memory profile
     mcfg = model_config(m.path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=attn,
                         loss_chunk=m.get("loss_chunk", 0))  # fmt: skip
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
@@ -124,13 +134,29 @@ def _compile(trainer: Any, stage: Any) -> tuple[Any, Any, Any, float]:
     return compiled, base, state, time.perf_counter() - t0
 
 
-def _target(cfg: Any, device: str, topology: str | None) -> tuple[list | None, str]:
-    """(abstract devices or None for the local backend, what compiles the step, in words)."""
+def _target(cfg: Any, device: str, topology: str | None, description: str | None = None) -> tuple[list | None, str]:
+    """(abstract devices or None for the local backend, what compiles the step, in words).
+
+    ``description``: a ``GpuTargetConfigProto`` text file that replaces the GPU's own (a card the table lacks).
+    """
     if device not in DEVICES:
         raise JaxtransError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    if description and not gpu.is_gpu(device):
+        raise JaxtransError(f"--gpu_description is for GPU devices; {device} is not one (use --device H100 ...)")
+    if gpu.is_gpu(device):
+        text = gpu.read_description(description) if description else None
+        if topology is None and not gpu.has_plugin():
+            print(f"jaxtrans: the XLA GPU compiler needs the CUDA plugin (pip install '{gpu.PLUGIN}', no GPU needed); "
+                  "planning with the local compiler instead")  # fmt: skip
+            return None, (f"{jax.default_backend().upper()} compiler: an estimate for {device}, not the GPU's "
+                          f"(for the XLA GPU compiler: pip install '{gpu.PLUGIN}')")  # fmt: skip
+        topology = topology or gpu.default_topology((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+        gpu.check(device, topology)
+        name = "described in " + description if description else DEVICES[device].gpu.name
+        return gpu.devices(device, topology, text), f"XLA GPU compiler (CUDA plugin, abstract {topology} of {name})"
     if not tpu.is_tpu(device):
         if topology:
-            raise JaxtransError(f"--topology is for TPU devices; {device} compiles with the local backend")
+            raise JaxtransError(f"--topology is for TPU and GPU devices; {device} compiles with the local backend")
         return None, f"{jax.default_backend().upper()} compiler (an estimate for {device}, not its own compiler)"
     if topology is None and not tpu.has_libtpu():
         return None, (f"{jax.default_backend().upper()} compiler: an estimate, not the TPU's (for the TPU compiler: "
@@ -172,12 +198,27 @@ def _bytes(text: str) -> int:
     return 0
 
 
-def plan(cfg: Any, device: str = "H100", mfu: float = 0.4, topology: str | None = None) -> dict[str, Any]:
+# the custom calls each attention kernel compiles to (the first found names the kernel)
+KERNELS = (("__cudnn$fmha", "cuDNN flash attention"), ("mha_forward", "Pallas Triton flash attention"),
+           ("tpu_custom_call", "Pallas TPU flash attention"))  # fmt: skip
+
+
+def attention_kernel(hlo_text: str) -> str:
+    """Which attention kernel a compiled step runs, read from its optimized HLO."""
+    for marker, name in KERNELS:
+        if marker in hlo_text:
+            return name
+    return "XLA attention (no fused kernel)"
+
+
+def plan(
+    cfg: Any, device: str = "H100", mfu: float = 0.4, topology: str | None = None, description: str | None = None
+) -> dict[str, Any]:
     """Compile the configured train step from shapes; returns (and prints) the numbers."""
     from jaxtrans.pipeline import check
 
     check(cfg)
-    devices, compiler = _target(cfg, device, topology)
+    devices, compiler = _target(cfg, device, topology, description)
     trainer, biggest = _trainer(cfg, devices)
     try:
         compiled, base, state, compile_s = _compile(trainer, biggest)
@@ -189,8 +230,9 @@ def plan(cfg: Any, device: str = "H100", mfu: float = 0.4, topology: str | None 
             "shard over more chips (mesh.fsdp), quantise the base (lora.quantized), or shorten the rows"
         ) from None
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    xla_flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+    cost = compiled.cost_analysis()  # None from the deviceless GPU compiler
+    cost = (cost[0] if isinstance(cost, list) and cost else cost) or {}
+    xla_flops = float(cost.get("flops", 0.0))
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
     accum, rows, seq = biggest.get("accum", 1), biggest.batch_size, biggest.seq_len
     flops = costs.step_flops(trainer.cfg, trainer.adapters, accum * rows * seq, seq, tuple(cfg.lora.modules_to_save))
@@ -203,6 +245,7 @@ def plan(cfg: Any, device: str = "H100", mfu: float = 0.4, topology: str | None 
     result = {
         "model": cfg.model.path, "params": trainer.cfg.num_params, "mesh": dict(trainer.mesh.shape),
         "devices": trainer.mesh.size, "compiler": compiler, "attention": trainer.cfg.attention,
+        "attention_kernel": attention_kernel(compiled.as_text()),
         "adapters": {"lora_rank": lc.rank, "targets": list(lc.targets), "quantized": adapters.quantized,
                      "new_tokens": adapters.new_tokens},
         "stage": [n for n in cfg.curriculum if cfg.stages[n] is biggest][0],
@@ -222,13 +265,15 @@ def plan(cfg: Any, device: str = "H100", mfu: float = 0.4, topology: str | None 
     return result
 
 
-def plan_generation(cfg: Any, device: str = "H100", topology: str | None = None, prompt_len: int = 512) -> dict:
+def plan_generation(
+    cfg: Any, device: str = "H100", topology: str | None = None, prompt_len: int = 512, description: str | None = None
+) -> dict:
     """Compile the frozen model's batched decode (recovery-KD answers, evaluation) from shapes, for the same
     target as :func:`plan`: ``generation.batch_size`` prompts of ``prompt_len`` tokens plus
     ``generation.max_new_tokens``; the KV cache is the part that grows with them."""
     from jaxtrans.infer.generate import SamplingConfig, _compiled_decode
 
-    devices, compiler = _target(cfg, device, topology)
+    devices, compiler = _target(cfg, device, topology, description)
     trainer, _ = _trainer(cfg, devices)
     gen, mcfg, mesh = cfg.generation, trainer.cfg, trainer.mesh
     frozen = llama.Adapters(quantized=trainer.adapters.quantized)
@@ -269,7 +314,7 @@ def plan_generation(cfg: Any, device: str = "H100", topology: str | None = None,
 def _print(r: dict[str, Any], capacity: int) -> None:
     b, f = r["per_device_bytes"], r["flops_per_step"]
     print(f"plan: {r['model']} ({r['params'] / 1e9:.2f}B parameters) on mesh {r['mesh']} ({r['devices']} devices)")
-    print(f"  compiled by: {r['compiler']}; attention {r['attention']}")
+    print(f"  compiled by: {r['compiler']}; attention {r['attention']}: {r['attention_kernel']}")
     print(f"  adapters: LoRA r={r['adapters']['lora_rank']} on {','.join(r['adapters']['targets'])}"
           f"{', NF4 base' if r['adapters']['quantized'] else ''}, {r['adapters']['new_tokens']} new rows")  # fmt: skip
     print(f"  step: stage {r['stage']!r}, batch {r['batch']}; compiled in {r['compile_seconds']} s")
@@ -278,10 +323,13 @@ def _print(r: dict[str, Any], capacity: int) -> None:
     print(f"  analytic floor per device {r['floor_total'] / GiB:.2f} GiB (peak / floor {r['peak_over_floor']:.2f}):")
     for k, v in r["floor_bytes"].items():
         print(f"    {k:24s} {v / GiB:8.2f} GiB")
+    xla = r["xla_flops_per_step_per_device"]
+    xla_text = (f"XLA's count per device {xla / 1e12:.2f} TFLOP sees a scanned layer once" if xla
+                else "this compiler gives no FLOP count of its own")  # fmt: skip
     print(
         f"  FLOPs per step (all devices, from the shapes): {f['total'] / 1e12:.2f} TFLOP (forward "
         f"{f['forward'] / 1e12:.2f}, backward {f['backward'] / 1e12:.2f}, remat {f['recompute'] / 1e12:.2f}); "
-        f"XLA's count per device {r['xla_flops_per_step_per_device'] / 1e12:.2f} TFLOP sees a scanned layer once"
+        + xla_text
     )
     t = r["tokens_per_second_at_mfu"]
     print(

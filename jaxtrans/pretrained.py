@@ -214,7 +214,7 @@ def load_pretrained(
     dtype: str = "float32",
     param_dtype: str | None = None,
     remat: str = "none",
-    attention: str = "xla",
+    attention: str = "auto",
     mesh: jax.sharding.Mesh | None = None,
     rules: Any = shd.DEFAULT_RULES,
     with_tokenizer: bool = True,

@@ -14,7 +14,7 @@ shift || true
 cmd=(env CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
      "${PYTHON:-python}" -m jaxtrans.main --config "${config}"
      --config.mesh.data=1 --config.mesh.fsdp=1 --config.mesh.tensor=1
-     --config.model.dtype=bfloat16 --config.model.attention=dot_product "$@")
+     --config.model.dtype=bfloat16 "$@")
 if [[ "${dry_run}" == 1 ]]; then
   printf '%q ' "${cmd[@]}"; echo
   exit 0

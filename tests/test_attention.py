@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +58,7 @@ def test_flash_on_rows_shorter_than_its_block_takes_the_reference():
     _compare(lambda q, k, v: attention.flash(q, k, v, seg, mask), q, kk, v, seg, mask)
 
 
-@pytest.mark.parametrize("impl", ["dot_product", "flash"])
+@pytest.mark.parametrize("impl", ["dot_product", "flash", "triton", "auto", "chunked"])
 def test_model_logits_do_not_depend_on_the_implementation(impl):
     cfg = ModelConfig(
         vocab_size=64,
@@ -72,7 +74,25 @@ def test_model_logits_do_not_depend_on_the_implementation(impl):
     _, _, _, seg = _inputs()
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 128)), jnp.int32)
     ref, _ = llama.Llama(cfg).apply({"params": params}, tokens, seg)
-    with pltpu.force_tpu_interpret_mode():
+    interpret = pltpu.force_tpu_interpret_mode() if impl == "flash" else contextlib.nullcontext()
+    with interpret:  # the TPU kernel by its interpreter; the Triton one interprets itself off a GPU
         got, _ = llama.Llama(cfg.replace(attention=impl)).apply({"params": params}, tokens, seg)
     valid = np.asarray(seg) != 0
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(ref)[valid], atol=1e-5)
+
+
+def test_pallas_triton_equals_reference_in_interpret_mode():
+    """The GPU kernel ``auto`` picks, run by Pallas' interpreter on the CPU: packed rows, padding, grouped heads."""
+    q, kk, v, seg = _inputs()
+    mask = attention.mask(jnp.arange(128), jnp.arange(128), seg, seg)
+    _compare(lambda q, k, v: attention.triton(q, k, v, seg), q, kk, v, seg, mask)
+
+
+@pytest.mark.parametrize(
+    "platform, seq_len, window, want",
+    [("tpu", 2048, None, "flash"), ("gpu", 2048, None, "triton"), ("cpu", 2048, None, "xla"),
+     ("gpu", 2048, 4096, "chunked"), ("gpu", 200, None, "xla"), ("tpu", 64, None, "xla")],
+)  # fmt: skip
+def test_auto_takes_the_platforms_flash_kernel(platform, seq_len, window, want):
+    assert attention.resolve("auto", seq_len, window, on=platform) == want
+    assert attention.resolve("dot_product", seq_len, window, on=platform) == "dot_product"

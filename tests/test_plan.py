@@ -140,7 +140,7 @@ def _tiny_tpu_config(model_dir: str, mesh: tuple[int, int, int]):
 
     cfg = load_file(os.path.join(REPO, "tests", "tiny_two_stages.py") + ":" + model_dir).unlock()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = mesh
-    cfg.model.attention, cfg.model.remat = "flash", "full"
+    cfg.model.remat = "full"  # attention stays auto: Pallas flash on a TPU
     for stage in ("a", "b"):
         cfg.stages[stage].seq_len, cfg.stages[stage].batch_size = 512, 8
     return cfg
@@ -157,6 +157,7 @@ def test_the_train_step_compiles_for_a_v5e_slice_with_pallas_flash_attention(smo
     trainer, stage = plan._trainer(cfg, devices)
     compiled, _, state, _ = plan._compile(trainer, stage)
     assert compiled.as_text().count("tpu_custom_call") >= 2  # the Pallas flash kernels, forward and backward
+    assert plan.attention_kernel(compiled.as_text()) == "Pallas TPU flash attention"
     import jax
 
     rules, got = trainer.state_shardings(), compiled.output_shardings[0]

@@ -1,5 +1,12 @@
 """Grouped-query attention over slots, with causal, padding, packed-segment and sliding-window masks.
 
+Implementations: ``xla`` (the reference), ``chunked`` (blockwise, rematerialised),
+``dot_product`` (``jax.nn.dot_product_attention``: cuDNN on NVIDIA GPUs, with a
+materialised mask), ``flash`` (Pallas on TPU) and ``triton`` (Pallas Triton on
+NVIDIA GPUs); ``auto`` (the default) takes the platform's flash kernel, the one
+that reads packed rows as segment ids and never builds a [T, S] mask or score
+array: :func:`resolve` says which.
+
 Every token lives in a *slot* (its index in the sequence, or in the KV cache).
 Token ``q`` may attend to slot ``k`` when ``k <= q`` (causal), both carry the
 same non-zero segment id (segment 0 is padding; packed examples get 1, 2, ...),
@@ -86,7 +93,41 @@ def dot_product(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bt
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None], scale=q_btnh.shape[-1] ** -0.5)
 
 
-FLASH_BLOCK = 128  # the Pallas kernel's query/key block: rows must hold whole blocks
+FLASH_BLOCK = 128  # the Pallas kernels' query/key block: rows must hold whole blocks
+# what ``auto`` runs on each platform (jax's platform names); elsewhere the reference
+AUTO = {"tpu": "flash", "gpu": "triton", "cuda": "triton"}
+# implementations that read segment ids and build no [T, S] mask
+SEGMENT_KERNELS = ("flash", "triton")
+
+
+def platform() -> str:
+    """The platform the code being traced compiles for: the mesh's devices (abstract ones too, when the
+    planner compiles for a GPU or TPU it does not have), else jax's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
+def resolve(name: str, seq_len: int, sliding_window: int | None = None, on: str | None = None) -> str:
+    """The implementation ``name`` runs for rows of ``seq_len`` on platform ``on`` (default: :func:`platform`).
+
+    ``auto`` takes the platform's flash kernel where it applies (no sliding window, whole 128-position
+    blocks), the blockwise ``chunked`` attention for long rows it cannot take, and the reference otherwise;
+    every other name is kept (a kernel that cannot take the row shape falls back inside it).
+    """
+    if name != "auto":
+        return name
+    kernel = AUTO.get(on or platform())
+    if kernel is not None and not sliding_window and seq_len % FLASH_BLOCK == 0:
+        return kernel
+    if kernel is not None and seq_len > 512 and seq_len % 512 == 0:
+        return "chunked"
+    return "xla"
+
+
+def needs_mask(impl: str, seq_len: int) -> bool:
+    """Whether ``impl`` reads the [B, T, S] boolean mask (segment kernels build their own per block)."""
+    return impl not in SEGMENT_KERNELS or seq_len % FLASH_BLOCK != 0
 
 
 def flash(
@@ -114,20 +155,46 @@ def flash(
         return fa.flash_attention(q, k, v, segment_ids=fa.SegmentIds(seg, seg), causal=True, sm_scale=scale)
 
     args = (to_bnth(q_btnh), to_bnth(k_btnh), to_bnth(v_btnh), segment_bt)
-    return to_bnth(_per_shard(kernel, *args))
+    return to_bnth(_per_shard(kernel, *args, heads_axis=1))
 
 
-def _per_shard(kernel: Any, q_bnth: jax.Array, k_bnth: jax.Array, v_bnth: jax.Array, seg_bt: jax.Array) -> jax.Array:
+def triton(
+    q_btnh: jax.Array, k_btkh: jax.Array, v_btkh: jax.Array, segment_bt: jax.Array, mask_bts: jax.Array | None = None
+) -> jax.Array:
+    """Pallas Triton flash attention for NVIDIA GPUs (causal, packed segments), from
+    ``jax.experimental.pallas.ops.gpu.attention``; in Pallas' interpret mode on other backends (tests).
+
+    cuDNN's fused attention takes packed rows only as per-row segment offsets of a fixed count, so packed
+    training rows go to this kernel, which reads segment ids block by block. Grouped KV heads are repeated
+    (the kernel wants one KV head per query head); padding (segment 0) attends only to padding. Rows that
+    are not whole 128-position blocks take the reference when ``mask_bts`` is given.
+    """
+    from jax.experimental.pallas.ops.gpu import attention as ga
+
+    if mask_bts is not None and q_btnh.shape[1] % FLASH_BLOCK:
+        return reference(q_btnh, k_btkh, v_btkh, mask_bts)
+    groups = q_btnh.shape[2] // k_btkh.shape[2]
+    k_btnh, v_btnh = (jnp.repeat(x, groups, axis=2) for x in (k_btkh, v_btkh))
+    interpret = platform() not in ("gpu", "cuda")
+
+    def kernel(q: jax.Array, k: jax.Array, v: jax.Array, seg: jax.Array) -> jax.Array:
+        return ga.mha(q, k, v, seg, sm_scale=q.shape[-1] ** -0.5, causal=True, interpret=interpret)
+
+    return _per_shard(kernel, q_btnh, k_btnh, v_btnh, segment_bt, heads_axis=2)
+
+
+def _per_shard(kernel: Any, q: jax.Array, k: jax.Array, v: jax.Array, seg_bt: jax.Array, heads_axis: int) -> jax.Array:
     """Run a Pallas kernel on each device's rows and heads: compilers cannot partition a custom kernel, so
     under a mesh (``jax.set_mesh``, as the train step sets it) it goes through ``shard_map``, split the way
-    the sharding rules split batches and heads (an axis they do not divide stays whole)."""
+    the sharding rules split batches and heads (an axis they do not divide stays whole). Arrays are
+    [B, ., ., H] with heads on ``heads_axis`` (1 or 2)."""
     from jax.sharding import PartitionSpec as P
 
     from jaxtrans.sharding import DEFAULT_RULES
 
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return kernel(q_bnth, k_bnth, v_bnth, seg_bt)
+        return kernel(q, k, v, seg_bt)
     rules = dict(DEFAULT_RULES)
 
     def axes(rule: str, dim: int) -> Any:
@@ -138,8 +205,7 @@ def _per_shard(kernel: Any, q_bnth: jax.Array, k_bnth: jax.Array, v_bnth: jax.Ar
             size *= mesh.shape[a]
         return names if names and dim % size == 0 else None
 
-    b, h = axes("batch", q_bnth.shape[0]), axes("q_heads", q_bnth.shape[1])
-    spec, seg = P(b, h, None, None), P(b, None)
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec, seg), out_specs=spec, check_vma=False)(
-        q_bnth, k_bnth, v_bnth, seg_bt
-    )
+    b, h = axes("batch", q.shape[0]), axes("q_heads", q.shape[heads_axis])
+    spec = P(b, h, None, None) if heads_axis == 1 else P(b, None, h, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec, P(b, None)), out_specs=spec,
+                         check_vma=False)(q, k, v, seg_bt)  # fmt: skip

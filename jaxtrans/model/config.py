@@ -15,7 +15,7 @@ from jaxtrans.errors import JaxtransError, require
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 REMAT_POLICIES = ("none", "full", "save_dots")
-ATTENTION = ("xla", "chunked", "dot_product", "flash")
+ATTENTION = ("auto", "xla", "chunked", "dot_product", "flash", "triton")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the frozen base
     remat: str = "none"
-    attention: str = "xla"  # xla (reference) | chunked (blockwise, rematerialised) | dot_product (cuDNN) | flash
+    attention: str = "auto"  # one of ATTENTION; auto: the platform's flash kernel (jaxtrans.model.attention.resolve)
     loss_chunk: int = 0  # training loss over this many positions at a time, never all [T, V] logits; 0 = off
 
     def __post_init__(self) -> None:
@@ -75,8 +75,8 @@ class ModelConfig:
         require(self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
         require(self.attention in ATTENTION, f"attention must be one of {ATTENTION}, got {self.attention!r}")
         require(
-            not (self.attention == "flash" and self.sliding_window),
-            "flash attention has no sliding window; use attention=xla or dot_product for this model",
+            not (self.attention in ("flash", "triton") and self.sliding_window),
+            f"{self.attention} attention has no sliding window; use attention=auto (or chunked) for this model",
         )
 
     def replace(self, **changes: Any) -> ModelConfig:

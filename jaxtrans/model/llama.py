@@ -95,7 +95,7 @@ class LayerContext(NamedTuple):
 
     cos_bth: Array
     sin_bth: Array
-    mask_bts: Array
+    mask_bts: Array | None  # None when the attention kernel reads segment ids instead
     cache_index: Array
     segment_bt: Array
 
@@ -245,14 +245,17 @@ class Attention(nn.Module):
             v_bksh = lax.dynamic_update_slice(v_cache, v_btkh.swapaxes(1, 2).astype(v_cache.dtype), start)
             kv = (k_bksh, v_bksh)
             out_btnh = attention.cached(q_btnh, k_bksh.astype(c.dtype), v_bksh.astype(c.dtype), ctx.mask_bts)
-        elif c.attention == "flash":
-            out_btnh = attention.flash(q_btnh, k_btkh, v_btkh, ctx.segment_bt, ctx.mask_bts)
-        elif c.attention == "dot_product":
-            out_btnh = attention.dot_product(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
-        elif c.attention == "chunked":
-            out_btnh = attention.chunked(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
         else:
-            out_btnh = attention.reference(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
+            impl = attention.resolve(c.attention, q_btnh.shape[1], c.sliding_window)
+            if impl in attention.SEGMENT_KERNELS:
+                kernel = attention.flash if impl == "flash" else attention.triton
+                out_btnh = kernel(q_btnh, k_btkh, v_btkh, ctx.segment_bt, ctx.mask_bts)
+            elif impl == "dot_product":
+                out_btnh = attention.dot_product(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
+            elif impl == "chunked":
+                out_btnh = attention.chunked(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
+            else:
+                out_btnh = attention.reference(q_btnh, k_btkh, v_btkh, ctx.mask_bts)
         y_btd = Proj((n, h), (d,), ("q_heads", "head_dim", "embed"), c.o_bias, name="o", **kw, **ad("o"))(out_btnh)
         return y_btd, kv
 
@@ -397,7 +400,11 @@ class Llama(nn.Module):
             kv_segment_bs = lax.dynamic_update_slice(cache.segment_bs, segment_bt, (0, index))
             layer_kv = (cache.k_lbksh, cache.v_lbksh)
         cos_bth, sin_bth = rope.cos_sin(c.rope, positions_bt, c.dtype)
-        mask_bts = attention.mask(q_slot_t, kv_slot_s, segment_bt, kv_segment_bs, c.sliding_window)
+        # a segment-id kernel builds its mask block by block: no [B, T, S] array exists, forward or backward
+        impl = attention.resolve(c.attention, t, c.sliding_window)
+        mask_bts = None
+        if cache is not None or attention.needs_mask(impl, t):
+            mask_bts = attention.mask(q_slot_t, kv_slot_s, segment_bt, kv_segment_bs, c.sliding_window)
         ctx = LayerContext(cos_bth, sin_bth, mask_bts, index, segment_bt)
         block = Block
         if c.remat != "none":
