@@ -32,6 +32,7 @@ def model_defaults() -> config_dict.ConfigDict:
             "param_dtype": "float32",  # storage dtype of the frozen base
             "remat": "none",  # none | full | save_dots
             "loss_chunk": 0,  # >0: the training loss over this many positions at a time (long rows, big vocabularies)
+            "mlp_chunk": 0,  # >0: the MLP over this many positions at a time: no [T, mlp] array exists whole
             # auto: the platform's flash kernel (Pallas on TPU, Pallas Triton on NVIDIA GPUs), the reference on CPU;
             # or xla | chunked (flash-like memory in XLA) | dot_product (cuDNN, materialised mask) | flash | triton
             "attention": "auto",
@@ -123,6 +124,7 @@ def validate(cfg: config_dict.ConfigDict) -> None:
                          ("attention", ATTENTION)):  # fmt: skip
         one_of(f"model.{key}", m[key], allowed)
     number("model.loss_chunk", m.get("loss_chunk", 0), 0)
+    number("model.mlp_chunk", m.get("mlp_chunk", 0), 0)
     for axis in ("data", "fsdp", "tensor"):
         size = cfg.mesh[axis]
         if size == 0 or size < -1:

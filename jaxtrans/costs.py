@@ -97,9 +97,10 @@ def memory_floor(
         saved = cfg.num_layers * tokens * act * (d + sum(b for _, b in shapes.values()))
     else:
         saved = cfg.num_layers * tokens * act * (4 * d + sum(b for _, b in shapes.values()) + 2 * f)
-    keys = min(seq_len, 512) if cfg.attention in ("chunked", "flash", "dot_product") else seq_len
+    keys = min(seq_len, 512) if cfg.attention in ("auto", "chunked", "flash", "triton", "dot_product") else seq_len
     scores = 2 * rows * cfg.num_heads * keys * seq_len * 4  # f32 scores and probabilities (flash: one block)
-    mlp = 3 * tokens * f * act
+    mlp_tokens = rows * cfg.mlp_chunk if cfg.mlp_chunk and seq_len % cfg.mlp_chunk == 0 else tokens
+    mlp = 3 * mlp_tokens * f * act  # gate, up and their product (one chunk of them with mlp_chunk)
     weights = max(a * b for a, b in shapes.values()) * act if adapters.quantized else 0  # one dequantised kernel
     chunk = cfg.loss_chunk or seq_len
     return {

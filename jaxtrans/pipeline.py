@@ -99,7 +99,9 @@ def _load(cfg: Any, mesh: Any) -> RunState:
     )  # fmt: skip
     print(f"loaded {cfg.model.path}: {model.config.num_params / 1e6:.1f}M parameters in {time.time() - t0:.1f}s")
     return RunState(
-        cfg=cfg, mesh=mesh, model_cfg=dataclasses.replace(model.config, loss_chunk=cfg.model.get("loss_chunk", 0)),
+        cfg=cfg, mesh=mesh, model_cfg=dataclasses.replace(
+            model.config, loss_chunk=cfg.model.get("loss_chunk", 0), mlp_chunk=cfg.model.get("mlp_chunk", 0)
+        ),
         float_base=model.params, base=model.params, base_tokenizer=tokenizer, tokenizer=tokenizer,
         adapters=llama.Adapters(lora=lora_config(cfg)), lang=Language(cfg.language.name, Tags(target=cfg.language.tag)),
         out=cfg.output_dir,

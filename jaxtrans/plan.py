@@ -96,7 +96,7 @@ def _trainer(cfg: Any, devices: list | None = None) -> tuple[Any, Any]:
     if devices is None and attn in ("auto", "dot_product", "flash", "triton"):  # an estimate on the local compiler:
         attn = "chunked"  # other backends' fused kernels do not compile here; "chunked" has their memory profile
     mcfg = model_config(m.path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=attn,
-                        loss_chunk=m.get("loss_chunk", 0))  # fmt: skip
+                        loss_chunk=m.get("loss_chunk", 0), mlp_chunk=m.get("mlp_chunk", 0))  # fmt: skip
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     for name in cfg.curriculum:
         if cfg.stages[name].kind == "train":

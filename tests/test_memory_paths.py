@@ -1,4 +1,4 @@
-"""The memory-saving paths compute the same numbers: chunked attention and the chunked LM-head loss."""
+"""The memory-saving paths compute the same numbers: chunked attention, the chunked LM-head loss, the tiled MLP."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxtrans import sharding
 from jaxtrans.model import attention, llama
@@ -37,14 +38,16 @@ def test_chunked_attention_equals_reference():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
-def test_chunked_loss_equals_full_logits_loss():
-    cfg = tiny_config()
-    adapters = llama.Adapters(lora=LoraConfig.make(4, 8), new_tokens=6, padding_rows=2)
+@pytest.mark.parametrize("key, remat", [("loss_chunk", "none"), ("mlp_chunk", "full"), ("mlp_chunk", "none")])
+def test_chunked_paths_equal_the_whole_arrays(key, remat):
+    """Packed rows with new-token rows and LoRA on every linear layer (the MLP's included): loss and gradients."""
+    cfg = dataclasses.replace(tiny_config(), remat=remat)
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8, 0.0, "all-linear"), new_tokens=6, padding_rows=2)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     batch = {k: jnp.asarray(v[:4]) for k, v in examples(n=4, t=16, vocab=132).items()}
     results = []
     for chunk in (0, 4):
-        c = dataclasses.replace(cfg, loss_chunk=chunk)
+        c = dataclasses.replace(cfg, **{key: chunk})
         trainer = Trainer(c, adapters, OptimConfig(total_steps=2), mesh)
         base = llama.init_params(cfg, seed=1)
         state = trainer.init_state(base, seed=0)

@@ -66,6 +66,7 @@ class ModelConfig:
     remat: str = "none"
     attention: str = "auto"  # one of ATTENTION; auto: the platform's flash kernel (jaxtrans.model.attention.resolve)
     loss_chunk: int = 0  # training loss over this many positions at a time, never all [T, V] logits; 0 = off
+    mlp_chunk: int = 0  # the MLP over this many positions of a row at a time (scanned, rematerialised); 0 = off
 
     def __post_init__(self) -> None:
         require(

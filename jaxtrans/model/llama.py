@@ -291,8 +291,27 @@ class Block(nn.Module):
         norm_kw = dict(eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
         attn_out, kv = Attention(c, self.adapters, name="attn")(RMSNorm(name="attn_norm", **norm_kw)(x_btd), ctx, kv)
         h_btd = constrain_batch(x_btd + attn_out)
-        out_btd = h_btd + MLP(c, self.adapters, name="mlp")(RMSNorm(name="mlp_norm", **norm_kw)(h_btd))
+        out_btd = h_btd + self._mlp(RMSNorm(name="mlp_norm", **norm_kw)(h_btd))
         return constrain_batch(out_btd), kv
+
+    def _mlp(self, x_btd: Array) -> Array:
+        """The MLP, or with ``cfg.mlp_chunk`` the same MLP over that many positions at a time: a scan whose
+        body is rematerialised, so the [B, T, mlp] intermediates (and their gradients) exist one chunk at a
+        time. The MLP is position-wise, so the result is the same; its parameters keep their place."""
+        c, t = self.cfg, x_btd.shape[1]
+        chunk = c.mlp_chunk
+        if not chunk or t <= chunk or t % chunk:
+            return MLP(c, self.adapters, name="mlp")(x_btd)
+        b, d = x_btd.shape[0], x_btd.shape[2]
+        x_cbtd = x_btd.reshape(b, t // chunk, chunk, d).swapaxes(0, 1)
+
+        def body(module: nn.Module, carry: None, x: Array) -> tuple[None, Array]:
+            return carry, MLP(c, self.adapters, name="mlp")(x)
+
+        scan = nn.scan(nn.remat(body, prevent_cse=False), variable_broadcast=("params", "lora"),
+                       split_rngs={"params": False, "dropout": True}, length=t // chunk)  # fmt: skip
+        _, y_cbtd = scan(self, None, x_cbtd)
+        return y_cbtd.swapaxes(0, 1).reshape(b, t, d)
 
 
 _REMAT_POLICIES = {
