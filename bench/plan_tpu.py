@@ -44,25 +44,31 @@ CASES = {
 RUN = """
 import json, sys
 from jaxtrans.config import load_file
-from jaxtrans.plan import plan
+from jaxtrans.plan import plan, plan_generation
 cfg = load_file("configs/thai.py:llama2_7b").unlock()
-for key, value in json.loads(sys.argv[1]).items():
+overrides, device, topology, prompt_len = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+for key, value in overrides.items():
     node = cfg
     *parents, leaf = key.split(".")
     for p in parents:
         node = node[p]
     node[leaf] = value
-print("PLAN " + json.dumps(plan(cfg, sys.argv[2].split(":")[0], 0.4, sys.argv[2])))
+result = plan_generation(cfg, device, topology, prompt_len) if prompt_len else plan(cfg, device, 0.4, topology)
+print("PLAN " + json.dumps(result))
 """
 
 
-def run(case: str) -> dict:
-    title, topology, overrides = CASES[case]
+def run(case: str, cases: dict = CASES, device: str | None = None, prompt_len: int = 0) -> dict:
+    """One case of ``cases`` (title, topology, overrides) planned in its own process; ``device`` defaults to the
+    TPU generation the topology names; ``prompt_len`` > 0 plans the frozen model's decode instead of the step."""
+    title, topology, overrides = cases[case]
+    device = device or topology.split(":")[0]
     dump = tempfile.mkdtemp(prefix=f"plan-{case}-")
     flags = f"--xla_dump_to={dump} --xla_dump_hlo_pass_re=NONE --xla_dump_hlo_module_re=.*step_fn.*"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, "JAXTRANS_PLAN_DUMP": dump}
-    done = subprocess.run([sys.executable, "-c", RUN, json.dumps(overrides), topology], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=3600)  # fmt: skip
+    args = [json.dumps(overrides), device, topology, str(prompt_len)]
+    done = subprocess.run([sys.executable, "-c", RUN, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=3600)  # fmt: skip
     lines = [x for x in done.stdout.splitlines() if x.startswith("PLAN ")]
     refused = [x for x in done.stderr.splitlines() if "does NOT fit" in x]
     if refused:  # the compiler itself said no: a row of the table too

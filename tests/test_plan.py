@@ -45,7 +45,7 @@ LLAMA2_QLORA = {
 
 
 def test_llama2_7b_qlora_plan_and_fsdp_divides_the_state():
-    """Numbers are XLA:CPU's; docs/benchmarks.md records them (and why CPU peaks overstate bf16 temporaries)."""
+    """Numbers are the XLA GPU compiler's with the CUDA plugin (the test extra), else XLA:CPU's estimate."""
     one = _plan("configs/thai.py:llama2_7b", {**LLAMA2_QLORA, "mesh.data": 1}, devices=1)
     b1 = one["per_device_bytes"]
     print(json.dumps(one, indent=1))
