@@ -14,9 +14,14 @@ it), and jax started on the CPU platform, which the planner sees to.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
+import os
 import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jaxtrans.devices import DEVICES, Gpu
@@ -104,15 +109,37 @@ def devices(device: str, topology: str, text: str | None = None) -> list[Any]:
     from jax.experimental import topologies
 
     text = text or description_of(device)
-    try:
-        desc = topologies.get_topology_desc(platform="cuda", topology_name="", target_config=text, topology=topology)
-    except NotImplementedError:  # the plugin's factory is registered only when jax starts on the CPU platform
-        raise JaxtransError(
-            "the CUDA plugin cannot describe GPUs here: jax started on another platform; run with JAX_PLATFORMS=cpu"
-        ) from None
-    except Exception as e:  # the plugin's own refusal (a description that does not parse), in one line
-        raise JaxtransError(
-            f"the CUDA plugin refuses the {device} description: {str(e).splitlines()[0][:200]}; check its fields "
-            "against python -c 'from jaxtrans import gpu; print(gpu.description_of(\"H100\"))'"
-        ) from None
+    with _native_stderr() as log:
+        try:
+            desc = topologies.get_topology_desc(platform="cuda", topology_name="", target_config=text,
+                                                topology=topology)  # fmt: skip
+        except NotImplementedError:  # the plugin's factory is registered only when jax starts on the CPU platform
+            raise JaxtransError(
+                "the CUDA plugin cannot describe GPUs here: jax started on another platform; run with JAX_PLATFORMS=cpu"
+            ) from None
+        except Exception as e:  # the plugin's own refusal, in one line with the parser's reason (logged natively)
+            why = [ln.split("GpuTargetConfigProto: ")[-1] for ln in log().splitlines() if "Error parsing" in ln]
+            raise JaxtransError(
+                f"the CUDA plugin refuses the {device} description: {(why or [str(e).splitlines()[0]])[0][:200]}; "
+                "check its fields against python -c 'from jaxtrans import gpu; print(gpu.description_of(\"H100\"))'"
+            ) from None
     return sorted(desc.devices, key=lambda d: d.id)
+
+
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[Callable[[], str]]:
+    """Collect what native code writes to file descriptor 2 meanwhile (the plugin logs its parse errors there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as f:
+        os.dup2(f.fileno(), 2)
+
+        def read() -> str:
+            f.seek(0)
+            return f.read().decode(errors="replace")
+
+        try:
+            yield read
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
