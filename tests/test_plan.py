@@ -22,13 +22,13 @@ for key, value in json.loads(sys.argv[2]).items():
     for p in parents:
         node = node[p]
     node[leaf] = value
-print("PLAN " + json.dumps(plan(cfg, "H100")))
+print("PLAN " + json.dumps(plan(cfg, sys.argv[3])))
 """
 
 
-def _plan(config: str, overrides: dict, devices: int) -> dict:
+def _plan(config: str, overrides: dict, devices: int, device: str = "H100") -> dict:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", PLAN, config, json.dumps(overrides)], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-c", PLAN, config, json.dumps(overrides), device], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     line = [x for x in done.stdout.splitlines() if x.startswith("PLAN ")][-1]
@@ -64,10 +64,12 @@ def test_llama2_7b_qlora_plan_and_fsdp_divides_the_state():
 
 
 def test_plan_errors_before_compiling():
-    with pytest.raises(AssertionError, match="batch_size=12 is not divisible by the data-parallel size 8"):
-        _plan("configs/thai.py:llama2_7b", {"mesh.data": 8, "stages.transfer.batch_size": 12}, devices=8)
+    """On the local compiler (``cpu``: this machine's 8 devices) and on 8 abstract GPUs alike."""
+    for device in ("cpu", "H100"):
+        with pytest.raises(AssertionError, match="batch_size=12 is not divisible by the data-parallel size 8"):
+            _plan("configs/thai.py:llama2_7b", {"mesh.data": 8, "stages.transfer.batch_size": 12}, 8, device)
     with pytest.raises(AssertionError, match="needs 3 devices but 8 are available"):
-        _plan("configs/thai.py:llama2_7b", {"mesh.data": 3}, devices=8)
+        _plan("configs/thai.py:llama2_7b", {"mesh.data": 3}, devices=8, device="cpu")
 
 
 # ---------------------------------------------------------------- FLOPs from the shapes
