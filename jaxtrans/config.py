@@ -124,6 +124,10 @@ def validate(cfg: config_dict.ConfigDict) -> None:
                          ("attention", ATTENTION)):  # fmt: skip
         one_of(f"model.{key}", m[key], allowed)
     number("model.loss_chunk", m.get("loss_chunk", 0), 0)
+    if cfg.lora.get("quantize_head", False) and not cfg.lora.quantized:
+        raise JaxtransError(
+            "lora.quantize_head=True stores the head as NF4 beside an NF4 base: set lora.quantized=True"
+        )
     number("model.mlp_chunk", m.get("mlp_chunk", 0), 0)
     for axis in ("data", "fsdp", "tensor"):
         size = cfg.mesh[axis]
@@ -165,6 +169,7 @@ def lora_defaults(**overrides: Any) -> config_dict.ConfigDict:
         "targets": "all-linear",  # all-linear | q,k,v,o,gate,up,down (any subset) | HF names (q_proj ...)
         "rslora": False,
         "quantized": False,  # QLoRA: the frozen block weights stored as NF4
+        "quantize_head": False,  # with quantized: the untied LM head's frozen kernel as NF4 too (new rows stay)
         "modules_to_save": (),  # e.g. ("embedding",) to train whole embeddings (PEFT's modules_to_save)
     }
     block.update(overrides)

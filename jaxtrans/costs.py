@@ -64,7 +64,7 @@ def step_flops(
     head_weights = (
         2 * cfg.hidden_size * (vocab if {"lm_head", "embedding"} & set(modules_to_save) else adapters.new_tokens)
     )
-    recompute = {"none": 0, "full": layer_fwd, "save_dots": attn_fwd}[cfg.remat]  # save_dots keeps the projections
+    recompute = {"none": 0, "full": layer_fwd, "offload_residuals": layer_fwd, "save_dots": attn_fwd}[cfg.remat]
     # with frozen embeddings nothing needs the gradient of the first layer's input: q, k, v skip theirs
     first = 0
     if not adapters.new_tokens and "embedding" not in modules_to_save:
@@ -91,7 +91,9 @@ def memory_floor(
     d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size + adapters.new_tokens
     tokens = rows * seq_len
     shapes = projections(cfg)
-    if cfg.remat == "full":
+    if cfg.remat == "offload_residuals":
+        saved = 0  # each layer's input, in host memory (see host_floor)
+    elif cfg.remat == "full":
         saved = cfg.num_layers * tokens * d * act  # each layer's input
     elif cfg.remat == "save_dots":
         saved = cfg.num_layers * tokens * act * (d + sum(b for _, b in shapes.values()))

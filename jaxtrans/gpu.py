@@ -14,16 +14,12 @@ it), and jax started on the CPU platform, which the planner sees to.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
-import os
 import re
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
 from typing import Any
 
+from jaxtrans import platforms
 from jaxtrans.devices import DEVICES, Gpu
 from jaxtrans.errors import JaxtransError
 
@@ -109,7 +105,7 @@ def devices(device: str, topology: str, text: str | None = None) -> list[Any]:
     from jax.experimental import topologies
 
     text = text or description_of(device)
-    with _native_stderr() as log:
+    with platforms.native_stderr() as log:
         try:
             desc = topologies.get_topology_desc(platform="cuda", topology_name="", target_config=text,
                                                 topology=topology)  # fmt: skip
@@ -124,22 +120,3 @@ def devices(device: str, topology: str, text: str | None = None) -> list[Any]:
                 "check its fields against python -c 'from jaxtrans import gpu; print(gpu.description_of(\"H100\"))'"
             ) from None
     return sorted(desc.devices, key=lambda d: d.id)
-
-
-@contextlib.contextmanager
-def _native_stderr() -> Iterator[Callable[[], str]]:
-    """Collect what native code writes to file descriptor 2 meanwhile (the plugin logs its parse errors there)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as f:
-        os.dup2(f.fileno(), 2)
-
-        def read() -> str:
-            f.seek(0)
-            return f.read().decode(errors="replace")
-
-        try:
-            yield read
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)

@@ -29,6 +29,10 @@ _GPU_DESCRIPTION = flags.DEFINE_string(
     "gpu_description", None, "with --dry_run on a GPU device: a GpuTargetConfigProto text file describing the card "
     "to the XLA GPU compiler instead of the device table's (for a card the table lacks)"
 )  # fmt: skip
+_MAX_CONTEXT = flags.DEFINE_bool(
+    "max_context", False, "with --dry_run: search the longest row (at the largest stage's batch) whose compiled "
+    "step fits each --device (a comma-separated list: --device RTX4090,H100,v5e), device and host memory"
+)  # fmt: skip
 _PROMPT_LEN = flags.DEFINE_integer(
     "generation_prompt_len", 0, "with --dry_run: also compile the frozen model's decode (generation.batch_size "
     "prompts of this many tokens + generation.max_new_tokens; the KV cache) for the same target; 0: skip"
@@ -58,6 +62,15 @@ def _main(argv: list[str]) -> None:
     from jaxtrans import distributed
 
     distributed.initialize(_CONFIG.value.get("distributed"))
+    if _DRY_RUN.value and _MAX_CONTEXT.value:
+        from jaxtrans.max_context import search, table
+
+        print(
+            table([search(_CONFIG.value, d, _TOPOLOGY.value, _GPU_DESCRIPTION.value) for d in _DEVICE.value.split(",")])
+        )
+        return
+    if _MAX_CONTEXT.value:
+        raise JaxtransError("--max_context plans without training: add --dry_run")
     if _DRY_RUN.value:
         from jaxtrans.plan import plan
 
@@ -73,7 +86,7 @@ def _main(argv: list[str]) -> None:
 def usage(argv: list[str]) -> str:
     """The --help text: the command, every flag with its help and default, and (with --config) the config's keys."""
     lines = [__doc__.strip(), "", "flags:"]
-    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU, _TOPOLOGY, _GPU_DESCRIPTION, _PROMPT_LEN):
+    for flag in (_CONFIG, _DRY_RUN, _DEVICE, _MFU, _TOPOLOGY, _GPU_DESCRIPTION, _MAX_CONTEXT, _PROMPT_LEN):
         f = flags.FLAGS[flag.name]
         default = "" if f.default is None else f" (default: {f.default})"
         lines.append(f"  --{f.name}: {f.help}{default}")

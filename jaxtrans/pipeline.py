@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from jaxtrans import sharding
+from jaxtrans import platforms, sharding
 from jaxtrans.config import validate
 from jaxtrans.curriculum import Preempted, RunState, StageKind, evaluate, identity, points, train, vocab
 from jaxtrans.curriculum.lock import RunLock
@@ -83,6 +83,14 @@ def preflight(cfg: Any, mesh: Any = None) -> dict[str, int]:
         counts.update(STAGE_KINDS[stage.kind].preflight(cfg, name, stage, mesh))
     points.spec(cfg).check()
     check_tokenizer(cfg.model.path, cfg.model.get("allow_tokenizer_mismatch", False))
+    if cfg.lora.get("quantize_head", False):
+        from jaxtrans.plan import model_config  # config.json only
+
+        if model_config(cfg.model.path).tie_embeddings:
+            raise JaxtransError(
+                f"lora.quantize_head: {cfg.model.path} ties its LM head to the embedding table, which stays float "
+                "(lookups and new-row inits read it); set lora.quantize_head=False"
+            )
     return counts
 
 
@@ -124,6 +132,7 @@ def run(cfg: Any) -> dict:
     """Run (or resume) the curriculum of ``cfg``; returns the report (also written as report.md / report.json)."""
     check(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    platforms.check_host_memory(list(mesh.devices.flat), cfg.model.remat)
     preflight(cfg, mesh)
     with RunLock(cfg.output_dir):
         return _run(cfg, mesh)

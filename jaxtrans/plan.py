@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtrans import costs, gpu, sharding
+from jaxtrans import costs, gpu, platforms, sharding
 from jaxtrans import topology as tpu
 from jaxtrans.devices import DEVICES, GiB
 from jaxtrans.errors import JaxtransError
@@ -98,6 +98,7 @@ def _trainer(cfg: Any, devices: list | None = None) -> tuple[Any, Any]:
     mcfg = model_config(m.path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention=attn,
                         loss_chunk=m.get("loss_chunk", 0), mlp_chunk=m.get("mlp_chunk", 0))  # fmt: skip
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+    platforms.check_host_memory(list(mesh.devices.flat), m.remat)
     for name in cfg.curriculum:
         if cfg.stages[name].kind == "train":
             check_batch(name, cfg.stages[name], mesh)
@@ -105,7 +106,8 @@ def _trainer(cfg: Any, devices: list | None = None) -> tuple[Any, Any]:
     new_tokens = sum(s.new_tokens for s in stages if s.kind == "vocab")
     multiple = max([s.pad_to_multiple for s in stages if s.kind == "vocab"] or [0])
     padding = (-(mcfg.vocab_size + new_tokens)) % multiple if multiple and new_tokens else 0
-    adapters = llama.Adapters(lora=lora_config(cfg), quantized=cfg.lora.quantized, new_tokens=new_tokens + padding,
+    adapters = llama.Adapters(lora=lora_config(cfg), quantized=cfg.lora.quantized,
+                              quantized_head=cfg.lora.get("quantize_head", False), new_tokens=new_tokens + padding,
                               padding_rows=padding)  # fmt: skip
     biggest = max((s for s in stages if s.kind == "train"), key=lambda s: s.seq_len * s.batch_size)
     trainer = Trainer(mcfg, adapters, optim_config(biggest), mesh,
@@ -175,16 +177,21 @@ def dump_flags(directory: str) -> str:
 
 
 def largest_buffers(directory: str | None, n: int = 8) -> list[tuple[int, str]]:
-    """(bytes, shapes) of the ``n`` largest buffers in the newest step report XLA wrote to ``directory``."""
+    """(bytes, shapes) of the ``n`` largest device-memory buffers in the newest step report XLA wrote to
+    ``directory`` (host-memory buffers, offloaded activations, are counted apart: ``host_bytes``)."""
     if not directory or not os.path.isdir(directory):
         return []
     reports = [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith("memory-usage-report.txt")]
     if not reports:
         return []
-    rows = []
+    rows, device_space = [], True
     with open(max(reports, key=os.path.getmtime)) as f:
         for line in f:
+            if line.startswith("Memory Space:"):  # device memory first (color 0), then host memory (offloads)
+                device_space = "color=0" in line
             parts = [p.strip() for p in line.split(";")]
+            if not device_space:
+                continue
             if len(parts) == 5 and parts[1][:1].isdigit():
                 rows.append((_bytes(parts[1]), parts[4][:160]))
     return sorted(rows, key=lambda r: -r[0])[:n]
@@ -230,6 +237,7 @@ def plan(
             "shard over more chips (mesh.fsdp), quantise the base (lora.quantized), or shorten the rows"
         ) from None
     mem = compiled.memory_analysis()
+    host = _host_peak(mem)
     cost = compiled.cost_analysis()  # None from the deviceless GPU compiler
     cost = (cost[0] if isinstance(cost, list) and cost else cost) or {}
     xla_flops = float(cost.get("flops", 0.0))
@@ -247,22 +255,30 @@ def plan(
         "devices": trainer.mesh.size, "compiler": compiler, "attention": trainer.cfg.attention,
         "attention_kernel": attention_kernel(compiled.as_text()),
         "adapters": {"lora_rank": lc.rank, "targets": list(lc.targets), "quantized": adapters.quantized,
+                     "quantized_head": adapters.quantized_head,
                      "new_tokens": adapters.new_tokens},
         "stage": [n for n in cfg.curriculum if cfg.stages[n] is biggest][0],
         "batch": {"accum": accum, "batch": rows, "seq_len": seq},
         "per_device_bytes": {"frozen_base": _per_device(base), "trainable_and_optimizer": _per_device(state),
                              "arguments": mem.argument_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
                              "peak": peak},
+        "host_bytes": host, "host_memory": spec.host_memory, "host_fits": host <= spec.host_memory,
         "floor_bytes": floor, "floor_total": sum(floor.values()), "peak_over_floor": peak / sum(floor.values()),
         "flops_per_step": {"forward": flops.forward, "backward": flops.backward, "recompute": flops.recompute,
                            "total": flops.total},
         "xla_flops_per_step_per_device": xla_flops, "compile_seconds": round(compile_s, 1), "device": device,
-        "fits": peak <= spec.memory,
+        "fits": peak <= spec.usable_memory and host <= spec.host_memory,
         "tokens_per_second_at_mfu": {"mfu": mfu, "tokens_per_s": accum * rows * seq / step_s, "step_s": step_s},
         "largest_buffers": largest_buffers(os.environ.get(DUMP_ENV)),
     }  # fmt: skip
-    _print(result, spec.memory)
+    _print(result, spec.usable_memory)
     return result
+
+
+def _host_peak(mem: Any) -> int:
+    """Bytes a compiled step keeps in host memory (offloaded activations): the host side of its memory analysis."""
+    return int(mem.host_argument_size_in_bytes + mem.host_output_size_in_bytes - mem.host_alias_size_in_bytes
+               + mem.host_temp_size_in_bytes)  # fmt: skip
 
 
 def plan_generation(
@@ -276,7 +292,7 @@ def plan_generation(
     devices, compiler = _target(cfg, device, topology, description)
     trainer, _ = _trainer(cfg, devices)
     gen, mcfg, mesh = cfg.generation, trainer.cfg, trainer.mesh
-    frozen = llama.Adapters(quantized=trainer.adapters.quantized)
+    frozen = llama.Adapters(quantized=trainer.adapters.quantized, quantized_head=trainer.adapters.quantized_head)
     base = _abstract(nn.meta.unbox(llama.abstract_params(mcfg, trainer.adapters)), trainer.base_shardings())
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     ids = jax.ShapeDtypeStruct((gen.batch_size, prompt_len), jnp.int32, sharding=replicated)
@@ -302,7 +318,7 @@ def plan_generation(
         "compiler": compiler, "batch": gen.batch_size, "prompt_len": prompt_len, "new_tokens": gen.max_new_tokens,
         "weights_per_device": _per_device(base), "temporaries": mem.temp_size_in_bytes, "peak": peak,
         "kv_cache_bytes": kv * jnp.dtype(mcfg.dtype).itemsize, "compile_seconds": round(time.perf_counter() - t0, 1),
-        "fits": peak <= DEVICES[device].memory,
+        "fits": peak <= DEVICES[device].usable_memory,
     }  # fmt: skip
     print(f"  generation (frozen model: recovery-KD answers, evaluation), {compiler}: {gen.batch_size} prompts x "
           f"({prompt_len} + {gen.max_new_tokens}) tokens: peak {peak / GiB:.2f} GiB per device (weights "
@@ -339,5 +355,10 @@ def _print(r: dict[str, Any], capacity: int) -> None:
         print("  largest buffers of the compiled step (XLA's memory-usage report):")
         for size, shapes in r["largest_buffers"]:
             print(f"    {size / GiB:8.3f} GiB  {shapes}")
+    if r["host_bytes"]:
+        print(f"  host memory per device {r['host_bytes'] / GiB:8.2f} GiB (offloaded activations; a usual "
+              f"{r['device']} machine has {r['host_memory'] / GiB:.0f} GiB per device"
+              f"{'' if r['host_fits'] else ': does NOT fit'})")  # fmt: skip
     verdict = "fits" if r["fits"] else "does NOT fit"
-    print(f"  {verdict} in {r['device']} memory ({capacity / GiB:.0f} GiB per device; peak {b['peak'] / GiB:.2f} GiB)")
+    print(f"  {verdict} in {r['device']} memory ({capacity / GiB:.1f} GiB usable per device; peak "
+          f"{b['peak'] / GiB:.2f} GiB)")  # fmt: skip

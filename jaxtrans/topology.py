@@ -14,6 +14,7 @@ import importlib.util
 import math
 from typing import Any
 
+from jaxtrans import platforms
 from jaxtrans.errors import JaxtransError
 
 LIBTPU = "libtpu==0.0.42.1"  # the build jax 0.10.2's TPU extra pins
@@ -70,8 +71,9 @@ def devices(topology: str) -> list[Any]:
     # nothing runs on a TPU here, so other processes compiling for one at the same time are no conflict
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     bounds = {"chips_per_host_bounds": [1, 1, 1]} if chips(topology) == 1 else {}
-    try:
-        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **bounds)
-    except Exception as e:  # libtpu's own refusal of a shape, in one line
-        raise JaxtransError(f"libtpu cannot describe topology {topology}: {str(e).splitlines()[0][:200]}") from None
+    with platforms.native_stderr():  # libtpu's start-up complaints about the missing TPU (worker hostnames ...)
+        try:
+            desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **bounds)
+        except Exception as e:  # libtpu's own refusal of a shape, in one line
+            raise JaxtransError(f"libtpu cannot describe topology {topology}: {str(e).splitlines()[0][:200]}") from None
     return list(desc.devices)

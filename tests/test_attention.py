@@ -91,7 +91,8 @@ def test_pallas_triton_equals_reference_in_interpret_mode():
 @pytest.mark.parametrize(
     "platform, seq_len, window, want",
     [("tpu", 2048, None, "flash"), ("gpu", 2048, None, "triton"), ("cpu", 2048, None, "xla"),
-     ("gpu", 2048, 4096, "chunked"), ("gpu", 200, None, "xla"), ("tpu", 64, None, "xla")],
+     ("gpu", 2048, 4096, "chunked"), ("gpu", 200, None, "xla"), ("tpu", 64, None, "xla"),
+     ("cpu", 16384, None, "chunked")],
 )  # fmt: skip
 def test_auto_takes_the_platforms_flash_kernel(platform, seq_len, window, want):
     assert attention.resolve("auto", seq_len, window, on=platform) == want

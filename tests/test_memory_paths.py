@@ -59,3 +59,65 @@ def test_chunked_paths_equal_the_whole_arrays(key, remat):
     assert float(l0[1]) == float(l1[1])
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_every_checkpoint_policy_and_chunking_gives_the_same_loss_and_gradients(distill):
+    """fp32, packed rows, 6 new-token rows, LoRA on every linear layer; with ``distill`` half the rows are
+    distilled from the frozen model's logits (recovery KD, which needs whole logits: no loss chunks)."""
+    from jaxtrans.train.distill import KD_MASK, DistillConfig
+
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8, 0.0, "all-linear"), new_tokens=6, padding_rows=2)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    batch = {k: jnp.asarray(v[:4]) for k, v in examples(n=4, t=16, vocab=132).items()}
+    if distill:
+        batch["loss_mask"] = batch["loss_mask"].at[::2].multiply(KD_MASK)
+    base = llama.init_params(tiny_config(), seed=1)
+    results = {}
+    for remat in ("none", "full", "save_dots", "offload_residuals"):
+        for mlp_chunk in (0, 4):
+            for loss_chunk in (0,) if distill else (0, 4):
+                cfg = dataclasses.replace(tiny_config(), remat=remat, mlp_chunk=mlp_chunk, loss_chunk=loss_chunk)
+                trainer = Trainer(cfg, adapters, OptimConfig(total_steps=2), mesh,
+                                  distill=DistillConfig("kl", 1.0) if distill else None)  # fmt: skip
+                trainable = jax.tree.map(lambda x: x + 0.01, trainer.init_state(base, seed=0).trainable)
+                loss = jax.value_and_grad(lambda t, tr=trainer: tr.loss_fn(t, base, batch, jax.random.key(0)),
+                                          has_aux=True)  # fmt: skip
+                (loss_sum, count), grads = jax.jit(loss)(trainable)
+                results[(remat, mlp_chunk, loss_chunk)] = ((loss_sum, count), grads)
+    (l0, n0), g0 = results[("none", 0, 0)]
+    for key, ((loss_sum, count), grads) in results.items():
+        assert float(count) == float(n0), key
+        np.testing.assert_allclose(float(loss_sum), float(l0), rtol=1e-5, err_msg=str(key))
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g0), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=str(key))
+
+
+@pytest.mark.parametrize("hidden", [64, 1024])  # 1024: the head is dequantised in two 512-row tiles
+def test_an_nf4_head_gives_the_logits_of_its_round_trip(hidden):
+    """``lora.quantize_head``: logits (and the chunked loss) equal those of the float model whose head kernel is
+    replaced by its NF4 round trip; the new-token rows stay float and trainable beside it."""
+    from jaxtrans.model import nf4
+    from jaxtrans.model.config import ModelConfig, RopeConfig
+
+    cfg = ModelConfig(vocab_size=256, hidden_size=hidden, intermediate_size=128, num_layers=1, num_heads=4,
+                      num_kv_heads=2, head_dim=hidden // 4, rope=RopeConfig(head_dim=hidden // 4))  # fmt: skip
+    params = llama.init_params(cfg, seed=2)
+    quantized = nf4.quantize_params(params, head=True)
+    assert set(quantized["lm_head"]) == set(nf4.NF4._fields) and quantized["embedding"].shape == (256, hidden)
+    kernel = nf4.dequantize(nf4.quantize_single(params["lm_head"]["kernel"]), (hidden, 256), jnp.float32)
+    round_trip = {**params, "lm_head": {"kernel": kernel}}
+    new_rows = llama.init_trainable(cfg, llama.Adapters(new_tokens=3), seed=1)["new_rows"]
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 259, (2, 32)), jnp.int32)
+    float_model = llama.Llama(cfg, llama.Adapters(new_tokens=3))
+    nf4_model = llama.Llama(cfg, llama.Adapters(new_tokens=3, quantized_head=True))
+    nf4_vars = {"params": {**params, "lm_head": quantized["lm_head"]}, "new_rows": new_rows}
+    want, _ = float_model.apply({"params": round_trip, "new_rows": new_rows}, tokens)
+    got, _ = nf4_model.apply(nf4_vars, tokens)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    seg, mask = jnp.ones_like(tokens), jnp.ones_like(tokens)
+    chunked = llama.Llama(dataclasses.replace(cfg, loss_chunk=8), llama.Adapters(new_tokens=3, quantized_head=True))
+    want_loss = float_model.apply({"params": round_trip, "new_rows": new_rows}, tokens, seg, None, tokens, mask,
+                                  method="loss")  # fmt: skip
+    got_loss = chunked.apply(nf4_vars, tokens, seg, None, tokens, mask, method="loss")
+    np.testing.assert_allclose(float(got_loss[0]), float(want_loss[0]), rtol=1e-5)

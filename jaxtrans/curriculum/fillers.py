@@ -92,6 +92,7 @@ def fillers(state: RunState) -> Fillers:
     (into the target language only).
     """
     nf4 = "+nf4" if state.adapters.quantized else ""  # QLoRA: the frozen model answers with its NF4 weights
+    nf4 += "+nf4head" if state.adapters.quantized_head else ""
     base = state.view(trained=False)
     answer = _generator(state, base, f"base:{state.cfg.model.path}{nf4}", "answers", sentences=True)
     t = state.cfg.translator

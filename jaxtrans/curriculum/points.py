@@ -62,6 +62,7 @@ def measure(state: RunState, label: str, trained: bool) -> dict:
     digest = state.state_digest() if trained and state.trainable is not None else "base"
     if not trained:
         digest += "+nf4" if state.adapters.quantized else ""
+        digest += "+nf4head" if state.adapters.quantized_head else ""
     settings = settings_hash(flat(state.cfg.eval, "eval"))
     cached = read_json(path)
     if cached is not None and (cached.get("state"), cached.get("settings")) == (digest, settings):

@@ -55,20 +55,21 @@ class RunState:
     def view(self, trained: bool = True) -> ModelView:
         """The model with the current adapters, or (``trained=False``) the frozen chat model itself."""
         if not trained or self.trainable is None:
-            frozen = llama.Adapters(quantized=self.adapters.quantized)
+            frozen = llama.Adapters(quantized=self.adapters.quantized, quantized_head=self.adapters.quantized_head)
             return ModelView(self.model_cfg, frozen, {"params": self.base}, self.base_tokenizer)
         variables = {"params": self.base, **{k: v for k, v in self.trainable.items() if k != "base"}}
         if "base" in self.trainable:
             variables["params"] = {**self.base, **self.trainable["base"]}
         return ModelView(self.model_cfg, self.adapters, variables, self.tokenizer)
 
-    def quantize_base(self) -> None:
-        """Store the frozen base as NF4 (QLoRA), once; the float copy is freed. New-row inits read it first."""
+    def quantize_base(self, head: bool = False) -> None:
+        """Store the frozen base as NF4 (QLoRA; ``head``: the LM head too), once; the float copy is freed.
+        New-row inits read it first."""
         if self.adapters.quantized:
             return
-        adapters = dataclasses.replace(self.adapters, quantized=True)
+        adapters = dataclasses.replace(self.adapters, quantized=True, quantized_head=head)
         shardings = sharding.logical_to_sharding(llama.abstract_params(self.model_cfg, adapters), self.mesh)
-        self.base = nf4.quantize_params(self.float_base, shardings)
+        self.base = nf4.quantize_params(self.float_base, shardings, head=head)
         self.float_base = None
         self.adapters = adapters
 

@@ -211,7 +211,7 @@ def run(state: RunState, name: str, stage: Any) -> None:
     from jaxtrans.train.step import Trainer
 
     if state.cfg.lora.quantized and not state.adapters.quantized:
-        state.quantize_base()  # after the vocab stage, whose row inits read the float embeddings
+        state.quantize_base(state.cfg.lora.get("quantize_head", False))  # after the vocab stage (float rows)
         state.report["points"].append(points.measure(state, "0_base_nf4", trained=False))
     trainer = Trainer(state.model_cfg, state.adapters, optim_config(stage), state.mesh,
                       modules_to_save=tuple(state.cfg.lora.modules_to_save),

@@ -68,7 +68,10 @@ def dequantized(params: Any, cfg: ModelConfig) -> Any:
                 continue
             q = nf4.NF4(*(flat[module + (f,)] for f in nf4.NF4._fields))
             shape = shapes[module + ("kernel",)].shape
-            out[module + ("kernel",)] = jax.vmap(lambda x, s=shape: nf4.dequantize(x, s[1:], jnp.float32))(q)
+            if module[0] == "layers":  # stacked: one NF4 tensor per layer
+                out[module + ("kernel",)] = jax.vmap(lambda x, s=shape: nf4.dequantize(x, s[1:], jnp.float32))(q)
+            else:  # the LM head (lora.quantize_head)
+                out[module + ("kernel",)] = nf4.dequantize(q, shape, jnp.float32)
             done.add(module)
         else:
             out[path] = leaf
@@ -81,7 +84,7 @@ def merged_params(
     """(config with the new vocabulary size, float32 parameters with LoRA merged and new rows appended)."""
     import dataclasses
 
-    if adapters.quantized:
+    if adapters.quantized or adapters.quantized_head:
         warnings.warn(
             "merging LoRA into a 4-bit (NF4) base: the merged weights carry the 4-bit rounding of the base, "
             "so they differ slightly from the unquantised model plus adapter (as with PEFT's merge on bitsandbytes)",

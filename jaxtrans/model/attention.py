@@ -21,6 +21,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+FLASH_BLOCK = 128  # the Pallas kernels' query/key block: rows must hold whole blocks
+# what ``auto`` runs on each platform (jax's platform names); elsewhere the reference
+AUTO = {"tpu": "flash", "gpu": "triton", "cuda": "triton"}
+CHUNK = 512  # the query block of ``chunked``
+LONG_ROW = 2048  # on the CPU, ``auto`` takes ``chunked`` above this: the reference's [T, S] scores grow too large
+# implementations that read segment ids and build no [T, S] mask
+SEGMENT_KERNELS = ("flash", "triton")
+
 
 def mask(
     q_slot_t: jax.Array,
@@ -69,7 +77,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask_bts: jax.Array, q_spe
 
 
 def chunked(
-    q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array, chunk: int = 512
+    q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bts: jax.Array, chunk: int = CHUNK
 ) -> jax.Array:
     """The reference attention one block of ``chunk`` queries at a time, each block rematerialised.
 
@@ -93,13 +101,6 @@ def dot_product(q_btnh: jax.Array, k_bskh: jax.Array, v_bskh: jax.Array, mask_bt
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None], scale=q_btnh.shape[-1] ** -0.5)
 
 
-FLASH_BLOCK = 128  # the Pallas kernels' query/key block: rows must hold whole blocks
-# what ``auto`` runs on each platform (jax's platform names); elsewhere the reference
-AUTO = {"tpu": "flash", "gpu": "triton", "cuda": "triton"}
-# implementations that read segment ids and build no [T, S] mask
-SEGMENT_KERNELS = ("flash", "triton")
-
-
 def platform() -> str:
     """The platform the code being traced compiles for: the mesh's devices (abstract ones too, when the
     planner compiles for a GPU or TPU it does not have), else jax's default backend."""
@@ -112,15 +113,16 @@ def resolve(name: str, seq_len: int, sliding_window: int | None = None, on: str 
     """The implementation ``name`` runs for rows of ``seq_len`` on platform ``on`` (default: :func:`platform`).
 
     ``auto`` takes the platform's flash kernel where it applies (no sliding window, whole 128-position
-    blocks), the blockwise ``chunked`` attention for long rows it cannot take, and the reference otherwise;
-    every other name is kept (a kernel that cannot take the row shape falls back inside it).
+    blocks), the blockwise ``chunked`` attention for long rows it cannot take (and for rows longer than
+    ``LONG_ROW`` on the CPU, which has no fused kernel), and the reference otherwise; every other name is
+    kept (a kernel that cannot take the row shape falls back inside it).
     """
     if name != "auto":
         return name
     kernel = AUTO.get(on or platform())
     if kernel is not None and not sliding_window and seq_len % FLASH_BLOCK == 0:
         return kernel
-    if kernel is not None and seq_len > 512 and seq_len % 512 == 0:
+    if (kernel is not None or seq_len > LONG_ROW) and seq_len > CHUNK and seq_len % CHUNK == 0:
         return "chunked"
     return "xla"
 

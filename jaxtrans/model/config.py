@@ -14,7 +14,9 @@ from jaxtrans.errors import JaxtransError, require
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
-REMAT_POLICIES = ("none", "full", "save_dots")
+# none: keep every activation; full: keep each layer's input, recompute the layer; save_dots: keep the projections
+# outputs too; offload_residuals: as full, with the layer inputs kept in host memory (pinned) between the passes
+REMAT_POLICIES = ("none", "full", "save_dots", "offload_residuals")
 ATTENTION = ("auto", "xla", "chunked", "dot_product", "flash", "triton")
 
 

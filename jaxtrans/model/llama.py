@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxtrans.model import attention, nf4, rope
 from jaxtrans.model.config import ModelConfig
@@ -81,6 +82,9 @@ class Adapters:
 
     lora: LoraConfig | None = None
     quantized: bool = False
+    # the untied LM head's frozen kernel stored as NF4 too (dequantised where the loss uses it); new-token rows
+    # stay trainable in their own ``new_rows`` array. The logits are those of the head's NF4 round trip.
+    quantized_head: bool = False
     new_tokens: int = 0  # rows appended after the base vocabulary, trained in the `new_rows` collection
     padding_rows: int = 0  # the last new rows only pad the vocabulary (e.g. to a multiple of 128): never predicted
 
@@ -155,12 +159,13 @@ class Proj(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, matmul: Any = None) -> Any:
-        """``matmul(x, kernel)`` replaces the plain product (the LM head uses it for its chunked loss)."""
+        """``matmul(x, kernel)`` replaces the plain product (the LM head uses it for its chunked loss); a
+        quantised kernel reaches it as its NF4 parts."""
         n_in = len(self.in_shape)
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
         x = x.astype(self.dtype)
         if matmul is not None:
-            return matmul(x, self._kernel())
+            return matmul(x, self._nf4() if self.quantized else self._kernel())
         if self.quantized:  # dequantised where it is used, and again in the backward pass: never kept
             shape, dtype = self.in_shape + self.out_shape, self.dtype
 
@@ -289,6 +294,7 @@ class Block(nn.Module):
     ) -> tuple[Array, tuple[Array, Array] | None]:
         c = self.cfg
         norm_kw = dict(eps=c.rms_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
+        x_btd = checkpoint_name(x_btd, LAYER_INPUT)
         attn_out, kv = Attention(c, self.adapters, name="attn")(RMSNorm(name="attn_norm", **norm_kw)(x_btd), ctx, kv)
         h_btd = constrain_batch(x_btd + attn_out)
         out_btd = h_btd + self._mlp(RMSNorm(name="mlp_norm", **norm_kw)(h_btd))
@@ -314,10 +320,17 @@ class Block(nn.Module):
         return y_cbtd.swapaxes(0, 1).reshape(b, t, d)
 
 
+LAYER_INPUT = "layer_input"  # the checkpoint name of each decoder layer's input (the residual stream)
 _REMAT_POLICIES = {
     "full": None,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+    # the layer inputs the backward pass starts from live in host memory: device memory no longer grows with
+    # layers x tokens (on a backend without a separate host memory the policy compiles to keeping them)
+    "offload_residuals": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=[LAYER_INPUT], offload_src="device",
+        offload_dst="pinned_host",
+    ),
+}  # fmt: skip
 
 
 class Llama(nn.Module):
@@ -455,9 +468,13 @@ class Llama(nn.Module):
             new_head_dn = None if new_embed_nd is None else new_embed_nd.T
         else:
             lm_head = Proj((c.hidden_size,), (c.vocab_size,), ("embed", "vocab"), dtype=c.dtype,
-                           param_dtype=c.param_dtype, name="lm_head")  # fmt: skip
-            kernel_dv = lm_head(x_btd, matmul=lambda _, w: w)
-            base_logits = lambda x: _dense(x, kernel_dv)  # noqa: E731
+                           param_dtype=c.param_dtype, quantized=self.adapters.quantized_head,
+                           name="lm_head")  # fmt: skip
+            kernel_dv = lm_head(x_btd, matmul=lambda _, w: w)  # NF4 parts with adapters.quantized_head
+            if self.adapters.quantized_head:
+                base_logits = functools.partial(_nf4_head, kernel_dv, c)
+            else:
+                base_logits = lambda x: _dense(x, kernel_dv)  # noqa: E731
             new_head_dn = self._new_rows("head", ("embed", "new_vocab"), (c.hidden_size, n_new))
 
         def head(x: Array) -> Array:
@@ -487,6 +504,32 @@ def unstack_layers(variables: dict[str, Any]) -> dict[str, Any]:
             tree.update({f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n)})
         out[name] = tree
     return out
+
+
+HEAD_TILE = 512  # rows of the embedding axis an NF4 head dequantises at a time
+
+
+def _nf4_head(q: nf4.NF4, cfg: ModelConfig, x: Array) -> Array:
+    """``x @ head`` for a head stored as NF4 [D, V], dequantised ``HEAD_TILE`` rows at a time (a scan whose body
+    is rematerialised): the [D, V] float kernel never exists whole, forward or backward. Heads whose tiles do not
+    fall on whole absmax groups are dequantised whole."""
+    d, v = cfg.hidden_size, cfg.vocab_size
+    tile = HEAD_TILE
+    if d % tile or (tile * v) % nf4.SLICE:
+        return _dense(x, nf4.dequantize(q, (d, v), x.dtype))
+    x_nd = x.reshape(-1, d)
+
+    @jax.checkpoint
+    def step(acc_nv: Array, i: Array) -> tuple[Array, None]:
+        # the tile's dequantisation waits for the previous tile's product: an unrolled loop must not
+        # dequantise every tile first and hold them all
+        acc_nv, i = lax.optimization_barrier((acc_nv, i))
+        w_tv = nf4.dequantize_slice(q, i * tile * v, tile * v, x.dtype).reshape(tile, v)
+        x_nt = lax.dynamic_slice_in_dim(x_nd, i * tile, tile, axis=1)
+        return acc_nv + jnp.dot(x_nt, w_tv, preferred_element_type=jnp.float32), None
+
+    acc_nv, _ = lax.scan(step, jnp.zeros((x_nd.shape[0], v), jnp.float32), jnp.arange(d // tile))
+    return acc_nv.astype(x.dtype).reshape(*x.shape[:-1], v)
 
 
 def _dense(x: Array, kernel_dv: Array) -> Array:

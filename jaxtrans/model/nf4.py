@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 BLOCK = 64
 ABSMAX_BLOCK = 256
@@ -99,8 +100,9 @@ def _quantize(flat_ln: jax.Array) -> NF4:
     return NF4(packed.swapaxes(-1, -2), q.reshape(lead, -1, LANES), scale, mean)
 
 
-def dequantize(q: NF4, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-    """The float tensor of ``shape`` (without any layer axis) that ``q`` stores, in ``dtype``."""
+def dequantize(q: NF4, shape: tuple[int, ...], dtype: jnp.dtype, table: bool = False) -> jax.Array:
+    """The float tensor of ``shape`` (without any layer axis) that ``q`` stores, in ``dtype``; ``table`` reads
+    the codebook as a 16-entry gather instead of :func:`lookup`'s select tree (same values)."""
     n = math.prod(shape)
     rows = q.codes.reshape(LANES, -1).T  # [R, 128] bytes = R rows of 256 values = 4 blocks each
     nb = rows.shape[0] * 2 * LANES // BLOCK
@@ -109,9 +111,26 @@ def dequantize(q: NF4, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
     # no axis of 2 (TPU pads a minor axis to 128 lanes): the two halves of a row, then the row's four scales.
     # The layout copies this form avoids are fragile: a one-hot product or a lane select for the scales made
     # the TPU compiler copy every stacked codes array again (+2.9 GiB for a 7B step; docs/benchmarks.md).
-    values = jnp.concatenate([lookup(rows >> 4, dtype), lookup(rows & 0x0F, dtype)], axis=-1)
+    find = (lambda c, dt: jnp.take(jnp.asarray(CODEBOOK, dt), c.astype(jnp.int32), axis=0)) if table else lookup
+    values = jnp.concatenate([find(rows >> 4, dtype), find(rows & 0x0F, dtype)], axis=-1)
     values = values * jnp.repeat(absmax.reshape(-1, 2 * LANES // BLOCK), BLOCK, axis=1)
     return values.reshape(-1)[:n].reshape(shape)
+
+
+SLICE = BLOCK * ABSMAX_BLOCK  # values a slice of a quantised tensor starts and ends on (whole absmax groups)
+
+
+def dequantize_slice(q: NF4, start: jax.Array, size: int, dtype: jnp.dtype) -> jax.Array:
+    """Values ``[start, start + size)`` of the flattened tensor ``q`` stores (both multiples of :data:`SLICE`),
+    without the rest: codes and constants of whole absmax groups are sliced out, then dequantised as a tensor."""
+    rows, blocks = size // (2 * LANES), size // BLOCK
+    part = NF4(
+        lax.dynamic_slice_in_dim(q.codes, start // (2 * LANES), rows, axis=1),
+        lax.dynamic_slice_in_dim(q.absmax_q, start // (BLOCK * LANES), blocks // LANES, axis=0),
+        lax.dynamic_slice_in_dim(q.absmax_scale, start // SLICE, blocks // ABSMAX_BLOCK, axis=0),
+        q.absmax_mean,
+    )
+    return dequantize(part, (size,), dtype, table=True)
 
 
 def lookup(codes: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -132,8 +151,9 @@ def storage_bytes(q: NF4) -> int:
     return sum(int(x.size) * x.dtype.itemsize for x in q)
 
 
-def quantize_params(params: Any, shardings: Any = None) -> Any:
-    """Replace every block projection kernel (``layers/.../kernel``) with its NF4 parts, leaf by leaf.
+def quantize_params(params: Any, shardings: Any = None, head: bool = False) -> Any:
+    """Replace every block projection kernel (``layers/.../kernel``), and with ``head`` the untied LM head's
+    kernel, with its NF4 parts, leaf by leaf.
 
     ``shardings`` is the quantised tree's sharding tree (from the rules table);
     each float kernel is freed as soon as its NF4 form exists, so peak memory is
@@ -143,12 +163,16 @@ def quantize_params(params: Any, shardings: Any = None) -> Any:
 
     flat = dict(traverse_util.flatten_dict(params))
     flat_sh = traverse_util.flatten_dict(shardings) if shardings is not None else {}
-    for path in [p for p in flat if p[0] == "layers" and p[-1] == "kernel"]:
+    kernels = [p for p in flat if p[0] == "layers" and p[-1] == "kernel"]
+    if head and ("lm_head", "kernel") in flat:
+        kernels.append(("lm_head", "kernel"))
+    for path in kernels:
         module = path[:-1]
         out_sh = None
         if flat_sh:
             out_sh = NF4(*(flat_sh[module + (name,)] for name in NF4._fields))
-        q = jax.jit(quantize, out_shardings=out_sh)(flat.pop(path))
+        fn = quantize if path[0] == "layers" else quantize_single
+        q = jax.jit(fn, out_shardings=out_sh)(flat.pop(path))
         for name, value in q._asdict().items():
             flat[module + (name,)] = value
     return traverse_util.unflatten_dict(flat)
