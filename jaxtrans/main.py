@@ -50,8 +50,18 @@ def run(cfg) -> dict:
     return report
 
 
-def _sigterm(*_: object) -> None:
-    """SIGTERM outside a training loop (which saves and stops at the next step): stop here, exit 75."""
+def _sigterm(_signum: int, frame: object) -> None:
+    """SIGTERM outside a training loop (which saves and stops at the next step): stop here, exit 75.
+
+    Python discards an exception raised inside a garbage-collection callback ("Exception ignored in
+    _xla_gc_callback"), and the run would carry on: there the stop is deferred by 50 ms (SIGALRM), until
+    the handler runs in ordinary code."""
+    while frame is not None:
+        if getattr(frame, "f_code", None) is not None and frame.f_code.co_name.endswith("gc_callback"):
+            signal.signal(signal.SIGALRM, _sigterm)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        frame = frame.f_back
     raise Preempted("stopped by SIGTERM; what was saved is kept; re-run the same command to resume")
 
 

@@ -207,7 +207,10 @@ def _thai(*overrides: tuple[str, object]):
             "distill_divergence='kld' is not one of kl, reverse_kl, jsd",
         ),
         ((("curriculum", ("vocab", "final")),), "the curriculum has no train stage"),
-        ((("model.remat", "ful"),), "model.remat='ful' is not one of none, full, save_dots; did you mean 'full'?"),
+        (
+            (("model.remat", "ful"),),
+            "model.remat='ful' is not one of none, full, save_dots, offload_residuals; did you mean 'full'?",
+        ),
         ((("generation.max_new_tokens", -3),), "generation.max_new_tokens=-3 must be a finite number >= 1"),
         ((("restart_from", "pretrian"),), "restart_from='pretrian' is not a stage of the curriculum; did you mean"),
         ((("output_dir", ""),), "output_dir is empty"),

@@ -303,7 +303,8 @@ class Block(nn.Module):
     def _mlp(self, x_btd: Array) -> Array:
         """The MLP, or with ``cfg.mlp_chunk`` the same MLP over that many positions at a time: a scan whose
         body is rematerialised, so the [B, T, mlp] intermediates (and their gradients) exist one chunk at a
-        time. The MLP is position-wise, so the result is the same; its parameters keep their place."""
+        time. The MLP is position-wise, so the result is the same (with LoRA dropout each chunk draws its own
+        mask); its parameters keep their place."""
         c, t = self.cfg, x_btd.shape[1]
         chunk = c.mlp_chunk
         if not chunk or t <= chunk or t % chunk:
