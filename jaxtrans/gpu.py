@@ -38,10 +38,6 @@ def has_plugin() -> bool:
     return importlib.util.find_spec("jax_cuda12_plugin") is not None
 
 
-def count(topology: str) -> int:
-    return math.prod(int(x) for x in topology.split("x"))
-
-
 def default_topology(mesh_sizes: tuple[int, int, int]) -> str:
     """One host with as many GPUs as the mesh names (a -1 axis: one GPU for it)."""
     return f"1x1x{math.prod(s for s in mesh_sizes if s != -1)}"

@@ -54,7 +54,9 @@ def _code_digest() -> str:
 
 
 def _cache_path(key: dict) -> str:
-    root = os.environ.get("JAXTRANS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxtrans"))
+    from jaxtrans.weights.smollm2 import cache_dir  # $JAXTRANS_CACHE, default ~/.cache/jaxtrans
+
+    root = cache_dir()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return os.path.join(root, "plans", f"max_context-{digest}.json")
 
@@ -111,9 +113,7 @@ class _Probe:
                 raise
             return {"peak": None, "host": None, "refused": True}
         mem = compiled.memory_analysis()
-        peak = int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-                   + mem.temp_size_in_bytes)  # fmt: skip
-        return {"peak": peak, "host": planner._host_peak(mem), "refused": False}
+        return {"peak": planner._device_peak(mem), "host": planner._host_peak(mem), "refused": False}
 
 
 def search(cfg: Any, device: str, topology: str | None = None, description: str | None = None) -> dict[str, Any]:

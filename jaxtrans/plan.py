@@ -241,7 +241,7 @@ def plan(
     cost = compiled.cost_analysis()  # None from the deviceless GPU compiler
     cost = (cost[0] if isinstance(cost, list) and cost else cost) or {}
     xla_flops = float(cost.get("flops", 0.0))
-    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    peak = _device_peak(mem)
     accum, rows, seq = biggest.get("accum", 1), biggest.batch_size, biggest.seq_len
     flops = costs.step_flops(trainer.cfg, trainer.adapters, accum * rows * seq, seq, tuple(cfg.lora.modules_to_save))
     trainable = _per_device(state.trainable)
@@ -273,6 +273,11 @@ def plan(
     }  # fmt: skip
     _print(result, spec.usable_memory)
     return result
+
+
+def _device_peak(mem: Any) -> int:
+    """Bytes a compiled program holds in device memory at once: arguments, outputs not aliased to them, temporaries."""
+    return int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
 
 
 def _host_peak(mem: Any) -> int:
@@ -312,7 +317,7 @@ def plan_generation(
             f"{gen.max_new_tokens}) tokens on a {device} chip; lower generation.batch_size or shard (mesh.fsdp)"
         ) from None
     mem = compiled.memory_analysis()
-    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    peak = _device_peak(mem)
     kv = 2 * mcfg.num_layers * gen.batch_size * (prompt_len + gen.max_new_tokens) * mcfg.num_kv_heads * mcfg.head_dim
     result = {
         "compiler": compiler, "batch": gen.batch_size, "prompt_len": prompt_len, "new_tokens": gen.max_new_tokens,
