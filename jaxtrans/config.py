@@ -143,6 +143,9 @@ def validate(cfg: config_dict.ConfigDict) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else f" ({', '.join(cfg.get('curriculum') or ())})"
         raise JaxtransError(f"restart_from={restart!r} is not a stage of the curriculum{hint}")
     check_output_dir(cfg.output_dir)
+    from jaxtrans.paths import check_apart, config_inputs
+
+    check_apart([("output_dir", cfg.output_dir)], config_inputs(cfg))
 
 
 def check_output_dir(path: str) -> None:

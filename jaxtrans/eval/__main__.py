@@ -66,11 +66,16 @@ def spec_from_args(args: argparse.Namespace) -> EvalSpec:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from jaxtrans.config import check_output_dir
+    from jaxtrans.paths import check_apart
     from jaxtrans.view import load_view
 
     number("--limit", args.limit, 1)
     number("--max_new_tokens", args.max_new_tokens, 1)
     check_output_dir(args.out)
+    reads = ("model", "adapter", "baseline", "target_text", "en_text", "pairs", "en_prompts", "advbench")
+    inputs = [(f"--{k}", getattr(args, k)) for k in reads]
+    inputs += [("--answer_questions", q) for q in args.answer_questions or ()]
+    check_apart([("--out", args.out)], inputs)
     spec = spec_from_args(args)
     if not spec.sources():
         raise JaxtransError(

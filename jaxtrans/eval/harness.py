@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> dict:
     tasks = [t for t in args.tasks.split(",") if t]
     if args.include_path and not os.path.isdir(args.include_path):
         raise JaxtransError(f"--include_path {args.include_path} is not a folder")
+    from jaxtrans.paths import check_apart
+
+    check_apart([("--out", args.out)], [("--model", args.model), ("--adapter", args.adapter),
+                                        ("--include_path", args.include_path)])  # fmt: skip
     manager = TaskManager(include_path=args.include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:

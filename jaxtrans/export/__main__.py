@@ -19,6 +19,7 @@ import sys
 
 from jaxtrans.config import check_output_dir
 from jaxtrans.errors import JaxtransError
+from jaxtrans.paths import check_apart
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +64,10 @@ def run(args: argparse.Namespace) -> list[str]:
         if out:
             check_output_dir(out)
     model, adapter = _inputs(args)
+    reads = [("--adapter", adapter), ("--model", model)]
+    if args.run:
+        reads = [("the run's adapter", adapter), ("the run's config", os.path.join(args.run, "config.json"))]
+    check_apart([("--merged", args.merged), ("--peft", args.peft)], reads)
     from jaxtrans.export import ADAPTER_INFO, export_merged, export_peft
     from jaxtrans.view import load_view
 

@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
                 init_k=args.init_k,
                 init_cov_scale=args.init_cov_scale,
             )
+            from jaxtrans.paths import check_apart
+
+            check_apart([("--out", args.out)], [("--base", args.base), *(("--corpus", c) for c in args.corpus)])
             report = extend(args.base, args.corpus, cfg, args.out, overwrite=args.overwrite)
             summary = {k: v for k, v in report.items() if k != "entries"}
             print(json.dumps(summary, ensure_ascii=False, indent=1))
