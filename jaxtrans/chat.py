@@ -13,9 +13,9 @@ handling off for ordinary chat models. ``/reset`` clears the history.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from jaxtrans.errors import JaxtransError, number
+from jaxtrans.errors import number
+from jaxtrans.exits import guarded
 from jaxtrans.view import load_view
 
 
@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--show_english", action="store_true", help="also print the English query and answer")
     ap.add_argument("--plain", action="store_true", help="no TCOT handling (ordinary chat models)")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> None:
         from jaxtrans.infer.tcot_chat import TcotChat
 
         number("--max_new_tokens", args.max_new_tokens, 1)
@@ -58,9 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.show_english:
                 print(f"[EN query] {reply.en_query}\n[EN answer] {reply.en_answer}")
             print(reply.answer + ("" if reply.complete else "  [incomplete TCOT output]"))
-    except JaxtransError as e:
-        print(f"jaxtrans: error: {e}", file=sys.stderr)
-        sys.exit(2)
+
+    guarded(body, flag_sigterm=False)
 
 
 if __name__ == "__main__":

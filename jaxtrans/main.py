@@ -9,14 +9,14 @@ last run stopped.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxtrans.config import precheck
-from jaxtrans.errors import JaxtransError, Preempted
+from jaxtrans.errors import JaxtransError
+from jaxtrans.exits import guarded
 
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "plan only: compile the train step from shapes, print memory and speed")
 _DEVICE = flags.DEFINE_string("device", "H100", "with --dry_run: the device to check the fit against")
@@ -37,7 +37,6 @@ _PROMPT_LEN = flags.DEFINE_integer(
     "generation_prompt_len", 0, "with --dry_run: also compile the frozen model's decode (generation.batch_size "
     "prompts of this many tokens + generation.max_new_tokens; the KV cache) for the same target; 0: skip"
 )  # fmt: skip
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: schedulers may requeue; the same command resumes
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: path.py[:variant]", lock_config=True)
 
 
@@ -48,21 +47,6 @@ def run(cfg) -> dict:
     report = pipeline.run(cfg)
     print(f"\nreport: {cfg.output_dir}/report.md")
     return report
-
-
-def _sigterm(_signum: int, frame: object) -> None:
-    """SIGTERM outside a training loop (which saves and stops at the next step): stop here, exit 75.
-
-    Python discards an exception raised inside a garbage-collection callback ("Exception ignored in
-    _xla_gc_callback"), and the run would carry on: there the stop is deferred by 50 ms (SIGALRM), until
-    the handler runs in ordinary code."""
-    while frame is not None:
-        if getattr(frame, "f_code", None) is not None and frame.f_code.co_name.endswith("gc_callback"):
-            signal.signal(signal.SIGALRM, _sigterm)
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
-            return
-        frame = frame.f_back
-    raise Preempted("stopped by SIGTERM; what was saved is kept; re-run the same command to resume")
 
 
 def _main(argv: list[str]) -> None:
@@ -122,9 +106,9 @@ def usage(argv: list[str]) -> str:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2; SIGTERM stops at the next safe point
+    with exit code 75 (``jaxtrans.exits``)."""
     argv = list(sys.argv if argv is None else argv)
-    signal.signal(signal.SIGTERM, _sigterm)
     dump = None
     if "--dry_run" in argv:  # the planner compiles for abstract TPUs and GPUs from the CPU platform
         from jaxtrans import platforms
@@ -147,7 +131,7 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 def _cli(argv: list[str]) -> None:
-    try:
+    def body() -> None:
         if any(a in ("--help", "-h", "--helpfull", "-help") for a in argv[1:]):
             print(usage([a for a in argv if a not in ("--help", "-h", "--helpfull", "-help")]))
             return
@@ -157,12 +141,8 @@ def _cli(argv: list[str]) -> None:
         except flags.Error as e:
             raise JaxtransError(f"bad command line: {e}") from None
         app.run(_main, argv=argv, flags_parser=lambda _: remaining)
-    except JaxtransError as e:
-        print(f"jaxtrans: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Preempted as e:
-        print(f"jaxtrans: {e}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT)
+
+    guarded(body)
 
 
 if __name__ == "__main__":

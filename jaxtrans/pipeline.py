@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from jaxtrans import platforms, sharding
+from jaxtrans import platforms, sharding, stop
 from jaxtrans.config import validate
 from jaxtrans.curriculum import Preempted, RunState, StageKind, evaluate, identity, points, train, vocab
 from jaxtrans.curriculum.lock import RunLock
@@ -145,6 +145,7 @@ def _run(cfg: Any, mesh: Any) -> dict:
     state = _load(cfg, mesh)
     state.report["points"] = [points.measure(state, "0_base", trained=False)]
     for name in cfg.curriculum:
+        stop.check()  # SIGTERM: between stages
         stage = cfg.stages[name]
         if name in prints:
             identity.record(cfg.output_dir, name, prints[name])

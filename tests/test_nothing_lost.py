@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -110,3 +111,102 @@ def test_every_writer_refuses_its_own_inputs(smol_tiny, tmp_path, module, argv, 
     before = _tree_digest(str(tmp_path))
     _one_line(_run(module, *[a.format(**subst) for a in argv]), message.format(**subst))
     assert _tree_digest(str(tmp_path)) == before
+
+
+# ---------------------------------------------------------------- SIGTERM in every command
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler installed (bit 15 of SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask >> (signal.SIGTERM - 1) & 1)
+
+
+def _stopped_at_random_moments(argv: list[str], out: str, resumes: bool, tries: int = 3) -> list[tuple[float, int]]:
+    """Run ``argv`` once whole (timing it), then ``tries`` times with SIGTERM at random moments of its work.
+
+    Each stopped run must exit 75 in one line with no staging folder left, and either nothing written or (for
+    a command that ``resumes``, keeping what it finished) a re-run that completes; a run the signal missed must
+    have finished whole. Returns (moment, exit code) per try."""
+    import random
+    import time
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    parent = os.path.dirname(out)
+    start = time.time()
+    whole = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    duration = time.time() - start
+    assert whole.returncode == 0 and os.path.exists(out), whole.stderr[-2000:]
+    shutil.rmtree(out)
+    rng, outcomes = random.Random(0), []
+    for _ in range(tries):
+        proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        started = time.time()
+        while not _catches_sigterm(proc.pid) and proc.poll() is None and time.time() - started < 60:
+            time.sleep(0.005)  # start-up (importing jax) is over once the command's handler is in place
+        moment = rng.uniform(0, max(duration - (time.time() - started), 0.2))  # a random moment of the work
+        time.sleep(moment)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        staging = [d for d in os.listdir(parent) if d.startswith(".")]
+        assert not staging, staging
+        if proc.returncode == 75:
+            assert stderr.strip().splitlines()[-1].startswith("jaxtrans: stopped by SIGTERM"), stderr[-2000:]
+            assert "Traceback" not in stderr, stderr[-2000:]
+            if resumes:
+                again = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                                       timeout=300)  # fmt: skip
+                assert again.returncode == 0, again.stderr[-2000:]
+                shutil.rmtree(out)
+            else:
+                assert not os.path.exists(out)
+        else:
+            assert proc.returncode == 0 and os.path.exists(out), (argv[:3], moment, proc.returncode, stderr[-2000:])
+            shutil.rmtree(out)
+        outcomes.append((round(moment, 2), proc.returncode))
+    assert 75 in [code for _, code in outcomes], outcomes
+    return outcomes
+
+
+def test_sigterm_stops_export_vocab_extend_and_eval_with_nothing_half_written(smol_tiny, tmp_path):
+    text = tmp_path / "th.txt"
+    text.write_text("".join(f"ภาษาไทย ประโยคที่ {i} สวัสดีครับ ขอบคุณมาก\n" for i in range(300)))
+    peft = _adapter(smol_tiny, tmp_path)
+    commands = {
+        "export": (["-m", "jaxtrans.export", "--model", smol_tiny, "--adapter", peft, "--merged"], "merged", False),
+        "vocab extend": (["-m", "jaxtrans.vocab", "extend", "--base", smol_tiny, "--corpus", str(text),
+                          "--new-tokens", "64", "--out"], "tok", False),
+        "eval": (["-m", "jaxtrans.eval", "--model", smol_tiny, "--adapter", peft, "--target_text", str(text),
+                  "--limit", "8", "--max_new_tokens", "4", "--out"], "eval", True),
+    }  # fmt: skip
+    seen = {}
+    for name, (argv, folder, resumes) in commands.items():
+        out = str(tmp_path / "outs" / folder)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        seen[name] = _stopped_at_random_moments([*argv, out], out, resumes)
+    print("SIGTERM (moment s, exit code):", seen)
+
+
+def _adapter(model: str, tmp_path) -> str:
+    """A PEFT adapter for ``model`` (LoRA B non-zero, as if trained), written by the library."""
+    import jax
+    import numpy as np
+
+    import jaxtrans
+    from jaxtrans.export import export_peft
+    from jaxtrans.model import llama
+    from jaxtrans.model.lora import LoraConfig
+
+    loaded, tok = jaxtrans.load_pretrained(model)
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8, targets="q,v"))
+    trainable = jax.device_get(llama.init_trainable(loaded.config, adapters, 0))
+    rng = np.random.default_rng(0)
+    trainable = jax.tree_util.tree_map_with_path(
+        lambda p, x: rng.normal(0, 0.05, x.shape).astype(x.dtype) if p[-1].key == "b" else np.asarray(x), trainable
+    )
+    return export_peft(str(tmp_path / "adapter"), loaded.config, trainable, adapters, model, tokenizer=tok)

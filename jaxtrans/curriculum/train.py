@@ -236,7 +236,10 @@ def run(state: RunState, name: str, stage: Any) -> None:
     state.trainable = state.ends[name] = trained.trainable
     done = int(jax.device_get(trained.step))
     if done < stage.steps:  # preempted (SIGTERM): the checkpoint is saved; the same command resumes here
-        raise Preempted(f"stage {name!r} stopped at step {done} of {stage.steps}; re-run the same command to resume")
+        raise Preempted(
+            f"stopped by SIGTERM in stage {name!r} at step {done} of {stage.steps} (saved); "
+            "re-run the same command to resume"
+        )
     if jax.process_index() == 0 and os.path.isfile(os.path.join(stage_dir, NONFINITE)):
         os.remove(os.path.join(stage_dir, NONFINITE))  # finished: its settings are fixed from here on
     losses = list(read_losses(os.path.join(stage_dir, "metrics.jsonl")).values())

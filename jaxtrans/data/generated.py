@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import jax
 from tqdm import tqdm
 
+from jaxtrans import stop
+
 
 def key_of(text: str, settings: str) -> str:
     return hashlib.sha256(f"{settings}\x00{text}".encode()).hexdigest()[:24]
@@ -66,6 +68,7 @@ def cached_generate(
         try:
             bar = tqdm(total=len(inputs), initial=len(inputs) - len(pending), desc=desc, disable=writer is None)
             for i in range(0, len(pending), batch_size):
+                stop.check()  # SIGTERM: between batches (what is written is kept)
                 chunk = pending[i : i + batch_size]
                 outputs = generate_batch([t for _, t in chunk])
                 for (k, t), out in zip(chunk, outputs, strict=True):

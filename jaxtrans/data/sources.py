@@ -35,6 +35,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from jaxtrans import stop
 from jaxtrans.errors import JaxtransError
 
 FORMATS = ("auto", "jsonl", "json", "csv", "parquet", "text")
@@ -289,6 +290,7 @@ def read(
         raw = _exploded(raw, src.explode)
     kept = 0
     for n, (where, rec) in enumerate(raw):
+        stop.check()  # SIGTERM: between records
         problem = None
         if isinstance(rec, _Malformed):
             problem = rec.problem

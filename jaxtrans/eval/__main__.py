@@ -31,11 +31,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 from jaxtrans.errors import JaxtransError, number
 from jaxtrans.eval.suite import EvalSpec, evaluate
+from jaxtrans.exits import guarded
 
 
 def _source(path: str | None, limit: int, **columns: str | None) -> Any:
@@ -112,11 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max_new_tokens", type=int, default=128)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    try:
-        result = run(args)
-    except JaxtransError as e:
-        print(f"jaxtrans: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    result = guarded(lambda: run(args), on_stop="re-run the same command (answers already generated are kept)")
     shown = {k: v for k, v in result.items() if k not in ("en_answers", "baseline")}
     print(json.dumps(shown, ensure_ascii=False, indent=1))
 

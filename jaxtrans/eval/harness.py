@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from jaxtrans.errors import JaxtransError
+from jaxtrans.exits import guarded
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,11 +78,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
-        results = run(args)
-    except JaxtransError as e:
-        print(f"jaxtrans: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    results = guarded(lambda: run(args), on_stop="nothing was written; re-run the same command")
     from lm_eval.utils import make_table
 
     print(make_table(results))

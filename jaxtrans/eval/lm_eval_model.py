@@ -27,6 +27,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from jaxtrans import stop as sigterm
 from jaxtrans.errors import JaxtransError
 from jaxtrans.eval import loglik
 from jaxtrans.view import ModelView, load_view
@@ -97,6 +98,7 @@ class JaxtransLM(TemplateLM):
         out: list[tuple[float, bool]] = []
         step = max(self.batch_size * 8, 1)  # progress in chunks; loglik batches and sorts within each
         for i in tqdm(range(0, len(pairs), step), disable=disable_tqdm, desc="loglikelihood"):
+            sigterm.check()  # between batches
             out += loglik.loglikelihood(self.view, pairs[i : i + step], self.max_length, self.batch_size)
         return out
 
@@ -117,6 +119,7 @@ class JaxtransLM(TemplateLM):
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
+                sigterm.check()  # between batches
                 chunk = indices[start : start + self.batch_size]
                 texts = self._generate([requests[i].args[0] for i in chunk], dict(requests[chunk[0]].args[1] or {}))
                 for i, text in zip(chunk, texts, strict=True):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrans import xla_options
+from jaxtrans import stop, xla_options
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
@@ -59,6 +59,7 @@ def token_logprobs(
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     out: list[Any] = [None] * len(sequences)
     for start in range(0, len(order), batch):
+        stop.check()  # SIGTERM: between batches
         idx = order[start : start + batch]
         width = _bucket(max(len(sequences[i]) for i in idx) - 1)
         tokens = np.zeros((batch, width), np.int32)

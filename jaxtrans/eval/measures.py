@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxtrans import xla_options
+from jaxtrans import stop, xla_options
 from jaxtrans.data.formats import encode_text
 from jaxtrans.data.pack import pack
 from jaxtrans.data.template import chat_ids, decode_counted
@@ -104,6 +104,7 @@ def generations(
     out: list[Answer] = []
     with tqdm(total=len(ids), desc=desc, leave=False, disable=not ids or jax.process_index() != 0) as bar:
         for i in range(0, len(ids), batch):
+            stop.check()  # SIGTERM: between batches
             gen = generate(
                 view.cfg,
                 view.variables,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxtrans import stop
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama, lora, nf4
 from jaxtrans.model.config import ModelConfig, to_hf_config
@@ -130,11 +131,13 @@ def _save_sharded(tensors: dict[str, np.ndarray], out: str, max_shard_bytes: int
             size = 0
         shards[-1][name] = t
         size += t.nbytes
+    stop.check()
     if len(shards) == 1:
         save_file(shards[0], os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
         return
     weight_map = {}
     for i, shard in enumerate(shards, 1):
+        stop.check()  # SIGTERM: between files (the staging folder is removed)
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, os.path.join(out, fname), metadata={"format": "pt"})
         weight_map.update({name: fname for name in shard})

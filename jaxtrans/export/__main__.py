@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from jaxtrans.config import check_output_dir
 from jaxtrans.errors import JaxtransError
+from jaxtrans.exits import guarded
 from jaxtrans.paths import check_apart
 
 
@@ -93,12 +93,8 @@ def run(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
-        for path in run(args):
-            print(path)
-    except JaxtransError as e:
-        print(f"jaxtrans: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    for path in guarded(lambda: run(args), on_stop="nothing was written; re-run the same command"):
+        print(path)
 
 
 if __name__ == "__main__":

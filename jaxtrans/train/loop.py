@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxtrans import devices
+from jaxtrans import devices, stop
 from jaxtrans.errors import JaxtransError
 from jaxtrans.train.checkpoint import Checkpointer
 from jaxtrans.train.step import Trainer, TrainState
@@ -90,28 +89,6 @@ def read_losses(path: str) -> dict[int, float]:
     return dict(sorted(by_step.items()))
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks at step boundaries."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _Preemption:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, no preemption saves
-            self._previous = None
-        return self
-
-    def _handle(self, *_: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *_: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def peak_flops() -> float | None:
     return devices.peak_flops(jax.devices()[0].device_kind)
 
@@ -143,7 +120,7 @@ def train(
 
     try:
         with (
-            _Preemption() as preempt,
+            stop.installed(),
             tqdm(
                 total=loop.total_steps, initial=start, desc=loop.desc, disable=not loop.progress or not writer.active
             ) as bar,
@@ -166,9 +143,9 @@ def train(
                 bar.update(1)
                 if eval_fn is not None and loop.eval_every and step % loop.eval_every == 0:
                     writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})
-                if step % loop.save_every == 0 or step == loop.total_steps or preempt.requested:
+                if step % loop.save_every == 0 or step == loop.total_steps or stop.requested():
                     save(state)
-                if preempt.requested:
+                if stop.requested():
                     break
         if eval_fn is not None and not loop.eval_every and step > start:
             writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from jaxtrans.errors import JaxtransError
+from jaxtrans.exits import guarded
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         if args.cmd == "extend":
             from jaxtrans.vocab.extend import ExtendConfig, extend
 
@@ -88,9 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             texts = list(iter_texts(args.text, args.field))
             for path in args.tokenizer:
                 print(path, json.dumps(fertility(load_tokenizer(path), texts)))
-    except JaxtransError as e:
-        print(f"jaxtrans: error: {e}", file=sys.stderr)
-        sys.exit(2)
+
+    guarded(body, on_stop="nothing was written; re-run the same command")
 
 
 if __name__ == "__main__":

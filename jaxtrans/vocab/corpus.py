@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 
+from jaxtrans import stop
 from jaxtrans.data.script import SCRIPTS
 from jaxtrans.errors import JaxtransError
 
@@ -56,6 +57,7 @@ def _iter_file(path: str, field: str) -> Iterator[str]:
             yield str(rec[field])
         return
     for lineno, raw, last in _lines(path):
+        stop.check()  # SIGTERM: between lines
         line = _decode(path, lineno, raw, last).rstrip("\r\n")
         if not line.strip():
             continue

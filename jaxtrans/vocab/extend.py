@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from jaxtrans import stop
 from jaxtrans.errors import JaxtransError
 from jaxtrans.staging import staged_dir
 from jaxtrans.vocab import bpe, spm
@@ -193,7 +194,9 @@ def extend(base: str, corpus: Sequence[str], cfg: ExtendConfig, out_dir: str, ov
     kind, base_tok = detect(base)
     texts = load_corpus(corpus, cfg.language, cfg.text_field, cfg.max_chars)
     with staged_dir(out_dir, prefix=".vocab-") as tmp:
+        stop.check()  # SIGTERM: between phases (the staging folder is removed)
         base_hf, hf, facts = _build(kind, base_tok, texts, cfg, tmp)
+        stop.check()
         added = facts["added"]
         hf.save_pretrained(tmp)
         ids, first = _check_layout(base_hf, hf, added, cfg.special_tokens)

@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Sharding, SingleDeviceSharding
 
+from jaxtrans import stop
 from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
@@ -155,6 +156,7 @@ def load_params(source: TensorSource, cfg: ModelConfig, shardings: Any = None, w
         per_tensor = shape[1:] if entry.stacked else shape
 
         def read(layer: int | None, entry: HFTensor = entry, per_tensor: tuple[int, ...] = per_tensor) -> np.ndarray:
+            stop.check()  # SIGTERM: stop between tensors
             name = entry.template.format(layer) if layer is not None else entry.template
             return entry.to_ours(np.asarray(source.get(name)), per_tensor)
 
