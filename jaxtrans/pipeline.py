@@ -147,9 +147,16 @@ def _run(cfg: Any, mesh: Any) -> dict:
     for name in cfg.curriculum:
         stop.check()  # SIGTERM: between stages
         stage = cfg.stages[name]
-        if name in prints:
-            identity.record(cfg.output_dir, name, prints[name])
-        STAGE_KINDS[stage.kind].run(state, name, stage)
+        kind = STAGE_KINDS[stage.kind]
+        fresh = name in prints and identity.record(cfg.output_dir, name, prints[name])
+        try:
+            kind.run(state, name, stage)
+        except BaseException:
+            # a stage that failed before producing anything keeps no fingerprint, so the corrected command is
+            # not refused as "made with other settings" (kinds without ``produced`` keep it, to be safe)
+            if fresh and not getattr(kind, "produced", lambda _out, _name: True)(cfg.output_dir, name):
+                identity.forget(cfg.output_dir, name)
+            raise
     state.report["model"], state.report["language"] = cfg.model.path, cfg.language.name
     if state.trainable is not None:
         _export(state)

@@ -210,3 +210,54 @@ def _adapter(model: str, tmp_path) -> str:
         lambda p, x: rng.normal(0, 0.05, x.shape).astype(x.dtype) if p[-1].key == "b" else np.asarray(x), trainable
     )
     return export_peft(str(tmp_path / "adapter"), loaded.config, trainable, adapters, model, tokenizer=tok)
+
+
+# ---------------------------------------------------------------- damaged run directories, late failures
+
+
+def test_a_damaged_state_file_is_one_line_naming_it_and_the_fix(tmp_path):
+    from jaxtrans.curriculum.state import read_json
+    from jaxtrans.errors import JaxtransError
+
+    path = tmp_path / "stages" / "a" / "fingerprint.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"fingerprint": {"seed": 0')  # cut short by a full disk
+    with pytest.raises(JaxtransError) as e:
+        read_json(str(path))
+    assert str(e.value) == (
+        f"{path} is damaged (not valid JSON at line 1); restore it from a copy, or delete {path.parent} to redo "
+        "what it records"
+    )
+
+
+def test_a_stage_that_fails_before_producing_anything_keeps_no_fingerprint(smol_tiny, tmp_path):
+    """A failure after the fingerprint is written (here: no disk space for the first checkpoint) must not make
+    the corrected command be refused as 'made with other settings'."""
+    from jaxtrans.curriculum import identity, train
+
+    out = str(tmp_path / "run")
+    assert identity.record(out, "a", {"seed": 0}) is True
+    assert identity.record(out, "a", {"seed": 0}) is False  # already there: not fresh
+    assert not train.produced(out, "a")
+    os.makedirs(os.path.join(out, "stages", "a", "checkpoints", "3.orbax-checkpoint-tmp-1"))  # half-written
+    assert not train.produced(out, "a")
+    os.makedirs(os.path.join(out, "stages", "a", "checkpoints", "2"))
+    assert train.produced(out, "a")
+
+
+def test_a_stage_that_trains_on_no_token_is_an_error_and_its_fix_runs(smol_tiny, tmp_path):
+    """seq_len=8 cuts every translation answer away: the stage trained on nothing, which used to exit 0."""
+    out = str(tmp_path / "run")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    cmd = [sys.executable, "-m", "jaxtrans.main", f"--config=tests/tiny_two_stages.py:{smol_tiny}",
+           f"--config.output_dir={out}"]  # fmt: skip
+    done = subprocess.run([*cmd, "--config.stages.a.seq_len=8"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    _one_line(done, "stage 'a' trained on 0 tokens in all 3 steps: no example kept a trained token within seq_len=8")
+    assert "re-run with --config.restart_from=a" in done.stderr
+    fixed = subprocess.run([*cmd, "--config.restart_from=a"], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    with open(os.path.join(out, "report.json")) as f:
+        stages = json.load(f)["stages"]
+    assert stages["a"]["steps_without_trained_tokens"] == 0

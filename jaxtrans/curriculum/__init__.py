@@ -11,6 +11,10 @@ A stage kind is a module with four functions (see :class:`StageKind`):
   kept results as ``{dotted config key: value}`` (None for a kind that keeps
   none): a re-run with other settings is refused (``identity``).
 
+Optionally ``produced(out, name)``: whether the stage has left a result; a
+stage that fails before producing one has its fingerprint removed, so the
+corrected command is not refused (a kind without it keeps the fingerprint).
+
 ``jaxtrans.pipeline.STAGE_KINDS`` maps ``kind`` names to these modules; adding a
 kind is one new module and one entry there (or :func:`jaxtrans.pipeline.register`).
 """

@@ -20,6 +20,7 @@ starts. On a re-run, before any model weight is read:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -129,8 +130,17 @@ def discard(out: str, names: list[str], cfg: Any) -> None:
         multihost_utils.sync_global_devices("jaxtrans discard")
 
 
-def record(out: str, name: str, fp: dict[str, Any]) -> None:
-    """Write the stage's fingerprint as it starts (what its results will be made with)."""
+def record(out: str, name: str, fp: dict[str, Any]) -> bool:
+    """Write the stage's fingerprint as it starts (what its results will be made with); whether it was new."""
     path = os.path.join(out, "stages", name, FINGERPRINT)
-    if (read_json(path) or {}).get("fingerprint") != fp:
-        write_json(path, {"fingerprint": fp})
+    if (read_json(path) or {}).get("fingerprint") == fp:
+        return False
+    write_json(path, {"fingerprint": fp})
+    return True
+
+
+def forget(out: str, name: str) -> None:
+    """Remove a fingerprint recorded by a stage that then failed before producing anything (process 0)."""
+    if jax.process_index() == 0:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, "stages", name, FINGERPRINT))

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from jaxtrans import sharding
-from jaxtrans.errors import Preempted
+from jaxtrans.errors import JaxtransError, Preempted
 from jaxtrans.model import llama, nf4
 from jaxtrans.view import ModelView
 
@@ -116,8 +116,16 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-    """The JSON in ``path``, or None when there is no such file."""
+    """The JSON in ``path``, or None when there is no such file; a damaged one (a full disk, a copy cut short)
+    is one line naming it and what to do, not a raw JSONDecodeError."""
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise JaxtransError(
+            f"{path} is damaged (not valid JSON{where}); restore it from a copy, or delete "
+            f"{os.path.dirname(path)} to redo what it records"
+        ) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import time
 from typing import Any
@@ -205,6 +206,30 @@ def _eval_fn(state: RunState) -> Any:
     return fn
 
 
+def _empty_steps(stage_dir: str) -> int:
+    """Logged steps that trained on no token (every example of their batch cut away)."""
+    path = os.path.join(stage_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    by_step = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if "tokens" in row:
+                by_step[row["step"]] = row["tokens"]
+    return sum(1 for tokens in by_step.values() if tokens == 0)
+
+
+def produced(out: str, name: str) -> bool:
+    """Whether the stage left a result a re-run must match: a checkpoint, or a record of a non-finite stop."""
+    from jaxtrans.curriculum.identity import NONFINITE
+
+    stage_dir = os.path.join(out, "stages", name)
+    checkpoints = os.path.join(stage_dir, "checkpoints")
+    steps = [d for d in os.listdir(checkpoints) if d.isdigit()] if os.path.isdir(checkpoints) else []
+    return bool(steps) or os.path.isfile(os.path.join(stage_dir, NONFINITE))
+
+
 def run(state: RunState, name: str, stage: Any) -> None:
     from jaxtrans.curriculum.identity import NONFINITE
     from jaxtrans.train.loop import LoopConfig, NonFiniteError, read_losses, train
@@ -243,12 +268,19 @@ def run(state: RunState, name: str, stage: Any) -> None:
     if jax.process_index() == 0 and os.path.isfile(os.path.join(stage_dir, NONFINITE)):
         os.remove(os.path.join(stage_dir, NONFINITE))  # finished: its settings are fixed from here on
     losses = list(read_losses(os.path.join(stage_dir, "metrics.jsonl")).values())
+    empty = _empty_steps(stage_dir)
+    if empty and empty == stage.steps:
+        raise JaxtransError(
+            f"stage {name!r} trained on 0 tokens in all {empty} steps: no example kept a trained token within "
+            f"seq_len={stage.seq_len} (prompts longer than the row, or every answer cut away); raise "
+            f"stages.{name}.seq_len (or fix the data) and re-run with --config.restart_from={name}"
+        )
     state.record("stages", name, {
         "kind": "train", "steps": stage.steps, "seconds_this_run": round(time.time() - t0, 1),
         "start_from": stage.get("start_from") or None,
         "digest_in": digest_in, "new_rows_digest_in": digest(init["new_rows"]) if "new_rows" in init else None,
         "digest_out": state.state_digest(), "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
+        "loss_last": losses[-1] if losses else None, "steps_without_trained_tokens": empty,
         "data": reports or read_json(os.path.join(stage_dir, "data.json")),
     })  # fmt: skip
     index = list(state.cfg.curriculum).index(name) + 1

@@ -72,6 +72,13 @@ def _extend(state: RunState, name: str, stage: Any, out_dir: str) -> None:
     vx.extend(state.cfg.model.path, [corpus_file], extend_config(state.cfg, stage), out_dir, overwrite=True)
 
 
+def produced(out: str, name: str) -> bool:
+    """Whether the stage left its extended tokenizer (written whole, or not at all)."""
+    from jaxtrans.vocab import extend as vx
+
+    return os.path.isfile(os.path.join(out, "tokenizer", vx.REPORT))
+
+
 def run(state: RunState, name: str, stage: Any) -> None:
     from transformers import AutoTokenizer
 

@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -69,9 +70,14 @@ def cached(key: str, out: str, prefix: str, compute: Callable[[], dict]) -> dict
         # inside) would hang the job, so multi-process runs always measure
         return compute()
     entry = os.path.join(cache_root(), f"{key}.json")
+    stored = None
     if os.path.isfile(entry):
-        with open(entry, encoding="utf-8") as f:
-            stored = json.load(f)
+        try:
+            with open(entry, encoding="utf-8") as f:
+                stored = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged cache entry is measured again
+            print(f"jaxtrans: warning: the cached evaluation {entry} is damaged; measuring again", file=sys.stderr)
+    if stored is not None:
         os.makedirs(out, exist_ok=True)
         for name, text in stored["files"].items():
             with open(os.path.join(out, name), "w", encoding="utf-8") as f:
