@@ -69,7 +69,11 @@ def check(cfg: Any) -> None:
         earlier.append(kind)
     if "train" not in earlier:
         raise JaxtransError("the curriculum has no train stage; add one (a stage block with kind 'train')")
-    lora_config(cfg)
+    if not lora_config(cfg).targets and not cfg.lora.get("modules_to_save") and "vocab" not in earlier:
+        raise JaxtransError(
+            f"lora.targets={cfg.lora.targets!r} adapts no layer, and neither a vocab stage nor lora.modules_to_save "
+            "gives the run anything else to train; set lora.targets (e.g. all-linear, or q,v)"
+        )
     points.spec(cfg)
 
 

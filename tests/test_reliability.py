@@ -213,6 +213,10 @@ def _thai(*overrides: tuple[str, object]):
         ),
         ((("generation.max_new_tokens", -3),), "generation.max_new_tokens=-3 must be a finite number >= 1"),
         ((("restart_from", "pretrian"),), "restart_from='pretrian' is not a stage of the curriculum; did you mean"),
+        (
+            (("lora.targets", ","), ("curriculum", ("pretrain", "final"))),
+            "lora.targets=',' adapts no layer, and neither a vocab stage nor lora.modules_to_save gives the run",
+        ),
         ((("output_dir", ""),), "output_dir is empty"),
         ((("output_dir", "/proc/version"),), "output_dir /proc/version is a file"),
         ((("output_dir", "/proc/version/run"),), "is under /proc/version, which is a file"),
