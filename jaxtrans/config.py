@@ -136,6 +136,8 @@ def validate(cfg: config_dict.ConfigDict) -> None:
     for key in ("max_new_tokens", "batch_size"):
         number(f"generation.{key}", cfg.generation[key], 1)
     number("eval.max_new_tokens", cfg.eval.get("max_new_tokens", 64), 1)
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise JaxtransError(f"seed={cfg.seed!r} must be a whole number from 0 to 2**32 - 1")
     number("eval.loop_texts", cfg.eval.get("loop_texts", 32), 0)
     restart = cfg.get("restart_from", "")
     if restart and restart not in (cfg.get("curriculum") or ()):

@@ -264,3 +264,21 @@ def test_explode_makes_each_list_item_a_record(tmp_path):
     path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "a"}]}, {"title": "no paragraphs"}]}))
     with pytest.raises(JaxtransError, match=r"record 1: no list column 'paragraphs' to explode"):
         list(read(src, ("text",)))
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"text": 5}', "/d.jsonl:1: column 'text' (text) holds int '5', not text"),
+        ('{"text": {"a": 1}}', "/d.jsonl:1: column 'text' (text) holds dict \"{'a': 1}\", not text"),
+        ('{"text": "ok \\ud800 x"}', "column 'text' (text) holds a lone surrogate '\\ud800' at character 3"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_line_naming_file_and_line(tmp_path, line, message):
+    from jaxtrans.data.sources import Source, read
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(JaxtransError) as e:
+        list(read(Source(path=str(path)), ("text",)))
+    assert message in str(e.value)

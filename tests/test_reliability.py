@@ -213,6 +213,12 @@ def _thai(*overrides: tuple[str, object]):
         ),
         ((("generation.max_new_tokens", -3),), "generation.max_new_tokens=-3 must be a finite number >= 1"),
         ((("restart_from", "pretrian"),), "restart_from='pretrian' is not a stage of the curriculum; did you mean"),
+        ((("seed", -1),), "seed=-1 must be a whole number from 0 to 2**32 - 1"),
+        ((("lora.alpha", float("nan")),), "lora alpha must be a finite number > 0, got nan"),
+        ((("stages.pretrain.data.thai.weight", float("nan")),), "'pretrain.thai': weight must be a finite number > 0"),
+        ((("stages.pretrain.seq_len", 1),), "stages.pretrain.seq_len=1 must be a finite number >= 2"),
+        ((("stages.pretrain.end_lr_ratio", 2.0),), "stages.pretrain.end_lr_ratio=2.0 must be at most 1"),
+        ((("stages.pretrain.skip_nonfinite_steps", -1),), "skip_nonfinite_steps=-1 must be a finite number >= 0"),
         (
             (("lora.targets", ","), ("curriculum", ("pretrain", "final"))),
             "lora.targets=',' adapts no layer, and neither a vocab stage nor lora.modules_to_save gives the run",

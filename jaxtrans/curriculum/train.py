@@ -71,9 +71,11 @@ def check(cfg: Any, name: str, stage: Any, earlier: list[str]) -> None:
     key = f"stages.{name}"
     components(name, stage)
     distill_config(name, stage, cfg)
-    for k in ("steps", "batch_size", "seq_len", "save_every"):
+    for k in ("steps", "batch_size", "save_every"):
         number(f"{key}.{k}", stage[k], 1)
+    number(f"{key}.seq_len", stage.seq_len, 2)  # a row predicts its next token: two positions at least
     number(f"{key}.accum", stage.get("accum", 1), 1)
+    number(f"{key}.skip_nonfinite_steps", stage.get("skip_nonfinite_steps", 0), 0)
     number(f"{key}.eval_every", stage.get("eval_every", 0), 0)
     if not 0 <= stage.warmup_steps <= stage.steps:
         raise JaxtransError(f"{key}.warmup_steps={stage.warmup_steps} must be between 0 and steps={stage.steps}")
@@ -82,6 +84,8 @@ def check(cfg: Any, name: str, stage: Any, earlier: list[str]) -> None:
               "modules_weight_decay", "end_lr_ratio"):  # fmt: skip
         if stage.get(k) is not None:
             number(f"{key}.{k}", stage[k], 0)  # 0 freezes a group
+    if stage.get("end_lr_ratio") is not None and stage.end_lr_ratio > 1:
+        raise JaxtransError(f"{key}.end_lr_ratio={stage.end_lr_ratio} must be at most 1 (the rate decays to it)")
     one_of(f"{key}.schedule", stage.schedule, SCHEDULES)
     one_of(f"{key}.too_long", stage.too_long, POLICIES)
     one_of(f"{key}.distill_divergence", stage.get("distill_divergence", "kl"), DIVERGENCES)

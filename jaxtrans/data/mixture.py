@@ -39,6 +39,7 @@ and, translated, TCOT), target-language text from the configured translator.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -91,8 +92,9 @@ class Component:
         if unknown:
             raise JaxtransError(f"data component {name!r}: unknown keys {sorted(unknown)}")
         comp = cls(name=name, kind=kind, source=source, **d)
-        if comp.weight <= 0:
-            raise JaxtransError(f"data component {name!r}: weight must be positive, got {comp.weight}")
+        if isinstance(comp.weight, bool) or not isinstance(comp.weight, (int, float)) or not comp.weight > 0 \
+                or not math.isfinite(comp.weight):  # fmt: skip
+            raise JaxtransError(f"data component {name!r}: weight must be a finite number > 0, got {comp.weight!r}")
         styles = ("chat", "prompt") if comp.kind == "recovery_logits" else ("chat", "tagged")
         if comp.directions not in ("both", "forward") or comp.style not in styles:
             raise JaxtransError(f"data component {name!r}: directions is both|forward, style is {'|'.join(styles)}")

@@ -249,6 +249,36 @@ def _exploded(raw: Iterator[tuple[str, Any]], column: str) -> Iterator[tuple[str
             yield f"{where}, {column}[{j}]", item
 
 
+# what the roles the library reads must hold (other columns, such as ids, pass as they are): lists of messages
+# or choices; a question's turns (one text or a list); a multiple-choice answer (the choice, or its index); text
+LIST_ROLES = ("conversations", "messages", "choices")
+TEXT_ROLES = ("text", "src", "tgt", "query", "en_query", "en_answer", "prompt", "instruction", "input", "response",
+              "target_instruction", "target_response", "output", "system", "question", "english", "target")  # fmt: skip
+
+
+def _type_problem(role: str, column: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the ``role`` (None when it can): the wrong type, or text that is not Unicode."""
+    if role in LIST_ROLES:
+        ok = isinstance(value, list)
+    elif role == "answer":
+        ok = isinstance(value, (str, int)) and not isinstance(value, bool)
+    elif role == "turns":
+        ok = isinstance(value, (str, list))
+    elif role in TEXT_ROLES:
+        ok = isinstance(value, str)
+    else:
+        return None
+    if not ok:
+        want = "a list" if role in LIST_ROLES else "text"
+        return f"column {column!r} ({role}) holds {type(value).__name__} {str(value)[:40]!r}, not {want}"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"column {column!r} ({role}) holds a lone surrogate {value[e.start]!r} at character {e.start}"
+    return None
+
+
 def _lookup(rec: dict, column: str) -> Any:
     value: Any = rec
     for part in column.split("."):
@@ -306,6 +336,9 @@ def read(
                         problem = f"no {src.column(role)!r} column for {role!r} (columns: {cols})"
                         break
                     continue
+                problem = _type_problem(role, src.column(role), value)
+                if problem is not None:
+                    break
                 out[role] = value
         if problem is not None:
             if not src.skip_bad:

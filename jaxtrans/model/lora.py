@@ -33,8 +33,11 @@ class LoraConfig:
     rslora: bool = False
 
     def __post_init__(self) -> None:
-        if self.rank <= 0:
-            raise JaxtransError(f"lora rank must be positive, got {self.rank}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            raise JaxtransError(f"lora rank must be a positive whole number, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) \
+                or self.alpha <= 0:  # fmt: skip
+            raise JaxtransError(f"lora alpha must be a finite number > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise JaxtransError(f"lora dropout must be in [0, 1), got {self.dropout}")
         unknown = set(self.targets) - set(LINEAR)
