@@ -90,7 +90,16 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
 
     if resolved.kind == "gguf":
         return _gguf_tokenizer(resolved.path)
-    return AutoTokenizer.from_pretrained(resolved.path)
+    files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+    if os.path.isdir(resolved.path) and not any(os.path.isfile(os.path.join(resolved.path, f)) for f in files):
+        raise JaxtransError(
+            f"{resolved.path} holds no tokenizer (none of {', '.join(files)}); copy the tokenizer files saved with "
+            "the model into it"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(resolved.path)
+    except (OSError, ValueError) as e:  # unreadable or unconvertible files: name them, not transformers' internals
+        raise JaxtransError(f"the tokenizer in {resolved.path} cannot be loaded ({str(e).splitlines()[0]})") from None
 
 
 _GGUF_SPECIAL = {

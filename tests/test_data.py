@@ -282,3 +282,17 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_file_and_line(tmp_path, li
     with pytest.raises(JaxtransError) as e:
         list(read(Source(path=str(path)), ("text",)))
     assert message in str(e.value)
+
+
+def test_parser_limits_and_wrong_formats_are_one_line(tmp_path):
+    from jaxtrans.data.sources import Source, read
+
+    long_field = tmp_path / "long.csv"
+    long_field.write_text('text\n"' + "ก" * 200_000 + '"\n')  # a long document in one field is data
+    assert [len(r["text"]) for r in read(Source(path=str(long_field)), ("text",))] == [200_000]
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(JaxtransError, match=r"deep.jsonl:1: JSON nested too deeply for the parser"):
+        list(read(Source(path=str(deep)), ("text",)))
+    with pytest.raises(JaxtransError, match=r"long.csv is not a readable parquet file \(Parquet magic bytes"):
+        list(read(Source(path=str(long_field), format="parquet"), ("text",)))

@@ -157,6 +157,10 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                 raise JaxtransError(f"{where}: not UTF-8 ({e.reason} at byte {e.start}); re-encode the file") from None
 
 
+TOO_DEEP = "JSON nested too deeply for the parser (about 1,000 levels at most); flatten the record"
+CSV_FIELD_LIMIT = 2**31 - 1  # a long document in one field is data, not an attack (Python's default: 131,072)
+
+
 def _raw_records(path: str, fmt: str) -> Iterator[tuple[str, Any]]:
     """(where, record) of one local file; malformed syntax raises with file:line."""
     if os.path.getsize(path) == 0:
@@ -170,9 +174,12 @@ def _raw_records(path: str, fmt: str) -> Iterator[tuple[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield f"{path}:{lineno}", json.loads(line)
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
-                yield f"{path}:{lineno}", _Malformed(f"malformed JSON ({e.msg} at column {e.colno})")
+                rec = _Malformed(f"malformed JSON ({e.msg} at column {e.colno})")
+            except RecursionError:
+                rec = _Malformed(TOO_DEEP)
+            yield f"{path}:{lineno}", rec
     elif fmt == "json":
         text = "\n".join(line for _, line in _lines(path))
         try:
@@ -181,6 +188,8 @@ def _raw_records(path: str, fmt: str) -> Iterator[tuple[str, Any]]:
             raise JaxtransError(
                 f"{path}:{e.lineno}: malformed JSON ({e.msg}); the whole file is one JSON value"
             ) from None
+        except RecursionError:
+            raise JaxtransError(f"{path}: {TOO_DEEP}") from None
         if isinstance(data, dict):  # {"data": [...]} or one record
             lists = [v for v in data.values() if isinstance(v, list)]
             data = lists[0] if len(lists) == 1 else [data]
@@ -190,12 +199,21 @@ def _raw_records(path: str, fmt: str) -> Iterator[tuple[str, Any]]:
             yield f"{path}: record {i}", rec
     elif fmt == "csv":
         text = "\n".join(line for _, line in _lines(path))
+        csv.field_size_limit(CSV_FIELD_LIMIT)
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if path.endswith(".tsv") else ",")
-        for rec in reader:
-            yield f"{path}:{reader.line_num}", rec
+        try:
+            for rec in reader:
+                yield f"{path}:{reader.line_num}", rec
+        except csv.Error as e:
+            raise JaxtransError(f"{path}:{reader.line_num + 1}: malformed CSV ({e}); fix the file") from None
     elif fmt == "parquet":
         import datasets
+        import pyarrow.parquet as pq
 
+        try:
+            pq.ParquetFile(path)  # before datasets, which logs its own failure first
+        except Exception as e:
+            raise JaxtransError(f"{path} is not a readable parquet file ({e}); check its format= or the file") from None
         for i, rec in enumerate(datasets.load_dataset("parquet", data_files=path, split="train", streaming=True)):
             yield f"{path}: row {i}", rec
     else:

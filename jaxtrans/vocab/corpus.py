@@ -51,6 +51,8 @@ def _iter_file(path: str, field: str) -> Iterator[str]:
             records = json.loads(_decode(path, 1, data, last=True))
         except json.JSONDecodeError as e:
             raise JaxtransError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        except RecursionError:
+            raise JaxtransError(f"{path}: JSON nested too deeply for the parser; flatten the records") from None
         for i, rec in enumerate(records if isinstance(records, list) else [records]):
             if not isinstance(rec, dict) or field not in rec:
                 raise JaxtransError(f"{path}: record {i} has no {field!r} field")
@@ -66,6 +68,8 @@ def _iter_file(path: str, field: str) -> Iterator[str]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise JaxtransError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            except RecursionError:
+                raise JaxtransError(f"{path}:{lineno}: JSON nested too deeply for the parser; flatten it") from None
             if not isinstance(rec, dict) or field not in rec:
                 raise JaxtransError(f"{path}:{lineno}: no {field!r} field")
             yield str(rec[field])
