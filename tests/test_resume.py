@@ -82,6 +82,29 @@ def test_sigkill_and_restart_is_bit_identical(tmp_path):
     assert set(_losses(killed)) == set(range(1, STEPS + 1))
 
 
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+    """A truncated ``_METADATA`` in the newest step (a full disk): the re-run says so, sets the step aside, resumes
+    from the step before, and ends bit-identical to an uninterrupted run."""
+    straight, damaged = str(tmp_path / "straight"), str(tmp_path / "damaged")
+    _job(straight)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    subprocess.run([sys.executable, JOB, damaged, "9"], env=env, check=True, timeout=300, capture_output=True)
+    ckpts = os.path.join(damaged, "checkpoints")
+    assert Checkpointer(ckpts).latest_step() == 9
+    meta = os.path.join(ckpts, "9", "state", "_METADATA")
+    with open(meta, "r+b") as f:
+        f.truncate(os.path.getsize(meta) // 2)
+    done = subprocess.run([sys.executable, JOB, damaged, str(STEPS)], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"checkpoint step 9 in {ckpts} is damaged (" in done.stderr
+    assert "moved to damaged-9, resuming from step 6" in done.stderr
+    assert os.path.isdir(os.path.join(ckpts, "damaged-9"))
+    a, b = np.load(os.path.join(straight, "final.npz")), np.load(os.path.join(damaged, "final.npz"))
+    for name in a.files:
+        assert np.array_equal(a[name], b[name]), name
+
+
 def test_sigterm_saves_at_the_step_boundary_and_exits(tmp_path):
     run = str(tmp_path / "run")
     proc = _job(run, "--sleep", "0.3", wait=False)

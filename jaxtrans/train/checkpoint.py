@@ -10,11 +10,13 @@ places every array with the shardings of the *new* run's mesh.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxtrans.errors import JaxtransError
 from jaxtrans.train.step import TrainState
 
 
@@ -48,6 +50,42 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
         return restored["state"], restored["meta"]
+
+    def restore_intact(self, target: TrainState, shardings: TrainState) -> tuple[TrainState, dict] | None:
+        """The newest checkpoint that restores (None when there is none). A damaged newer step (a truncated
+        ``_METADATA`` after a full disk, a partial copy) is said on stderr, moved aside as ``damaged-STEP`` so the
+        resumed run can save that step again, and the one before it is used."""
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.restore(target, shardings, step)
+            except Exception as e:  # orbax raises what its reader met: JSON, msgpack, tensorstore or file errors
+                damaged.append(
+                    (step, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__)
+                )
+                continue
+            if damaged:
+                self._set_aside([s for s, _ in damaged])
+                for s, why in damaged:
+                    print(f"jaxtrans: warning: checkpoint step {s} in {self.directory} is damaged ({why}); moved to "
+                          f"damaged-{s}, resuming from step {step}", file=sys.stderr)  # fmt: skip
+            return restored
+        if damaged:
+            raise JaxtransError(
+                f"every checkpoint in {self.directory} is damaged (step {damaged[0][0]}: {damaged[0][1]}); delete the "
+                "folder to train this stage from its start"
+            )
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if jax.process_index() == 0:
+            for step in steps:
+                os.replace(os.path.join(self.directory, str(step)), os.path.join(self.directory, f"damaged-{step}"))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxtrans damaged checkpoints")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

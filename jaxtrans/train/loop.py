@@ -163,8 +163,9 @@ def _initial_state(
         state = trainer.make_state(base, init_trainable, seed)
     else:
         state = trainer.init_state(base, seed)
-    if ckpt.latest_step() is not None:
-        state, saved = ckpt.restore(state, trainer.state_shardings())
+    restored = ckpt.restore_intact(state, trainer.state_shardings())
+    if restored is not None:
+        state, saved = restored
         data.restore(saved["data"])
     return state
 
