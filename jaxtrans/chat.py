@@ -27,13 +27,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max_new_tokens", type=int, default=256)
     ap.add_argument("--show_english", action="store_true", help="also print the English query and answer")
     ap.add_argument("--plain", action="store_true", help="no TCOT handling (ordinary chat models)")
+    ap.add_argument(
+        "--allow_other_base",
+        action="store_true",
+        help="use --adapter with a --model other than the one it names (a copy under another name)",
+    )
     args = ap.parse_args(argv)
 
     def body() -> None:
         from jaxtrans.infer.tcot_chat import TcotChat
 
         number("--max_new_tokens", args.max_new_tokens, 1)
-        view, tags = load_view(args.model, args.adapter)
+        view, tags = load_view(args.model, args.adapter, allow_other_base=args.allow_other_base)
         chat = TcotChat.from_view(view, args.max_new_tokens, tags=tags)
         turns = args.prompt if args.prompt else None
         while True:

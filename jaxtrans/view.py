@@ -27,15 +27,20 @@ class ModelView:
     tokenizer: Any
 
 
-def load_view(model: str, adapter: str | None = None, dtype: str = "float32") -> tuple[ModelView, Any]:
+def load_view(
+    model: str, adapter: str | None = None, dtype: str = "float32", allow_other_base: bool = False
+) -> tuple[ModelView, Any]:
     """(ModelView, TCOT tags) for a model path plus an optional PEFT adapter directory.
 
     An adapter that adds tokens must bring its tokenizer (the pipeline's export
-    does); the base tokenizer would silently never produce the new ids.
+    does); the base tokenizer would silently never produce the new ids. An
+    adapter trained on another base (its ``base_model_name_or_path``) is refused
+    even when the shapes fit, unless ``allow_other_base`` (a local copy of the
+    same model under another name).
     """
     import jaxtrans
     from jaxtrans.data.formats import Tags
-    from jaxtrans.export import ADAPTER_INFO, import_peft
+    from jaxtrans.export import ADAPTER_INFO, adapter_base, import_peft, same_model
     from jaxtrans.model.config import from_hf_config
     from jaxtrans.pretrained import resolve
 
@@ -45,6 +50,12 @@ def load_view(model: str, adapter: str | None = None, dtype: str = "float32") ->
     if adapter:  # the adapter is checked against the model's config before any base weight is read
         cfg = from_hf_config(resolve(model).source().hf_config(), dtype=dtype)
         adapters, trainable = import_peft(adapter, cfg)
+        recorded = adapter_base(adapter)
+        if recorded and not allow_other_base and not same_model(recorded, model):
+            raise JaxtransError(
+                f"{adapter} was trained on {recorded}, not {model}; give that model (--model {recorded}), or pass "
+                "--allow_other_base if this is a copy of it under another name"
+            )
         has_tokenizer = os.path.isfile(os.path.join(adapter, "tokenizer_config.json"))
         if adapters.new_tokens and not has_tokenizer:
             raise JaxtransError(

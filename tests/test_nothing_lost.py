@@ -245,19 +245,55 @@ def test_a_stage_that_fails_before_producing_anything_keeps_no_fingerprint(smol_
     assert train.produced(out, "a")
 
 
-def test_a_stage_that_trains_on_no_token_is_an_error_and_its_fix_runs(smol_tiny, tmp_path):
-    """seq_len=8 cuts every translation answer away: the stage trained on nothing, which used to exit 0."""
+def test_a_stage_that_would_train_on_no_token_is_refused_before_the_model_loads(smol_tiny, tmp_path):
+    """seq_len=8 cuts every translation answer away: the stage would train on nothing (it used to exit 0)."""
     out = str(tmp_path / "run")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     cmd = [sys.executable, "-m", "jaxtrans.main", f"--config=tests/tiny_two_stages.py:{smol_tiny}",
            f"--config.output_dir={out}"]  # fmt: skip
     done = subprocess.run([*cmd, "--config.stages.a.seq_len=8"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
-    _one_line(done, "stage 'a' trained on 0 tokens in all 3 steps: no example kept a trained token within seq_len=8")
-    assert "re-run with --config.restart_from=a" in done.stderr
-    fixed = subprocess.run([*cmd, "--config.restart_from=a"], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=600)  # fmt: skip
+    _one_line(done, "stage 'a', data component 'a.pairs': none of its first 64 examples keeps a trained token "
+                    "within seq_len=8 (too_long=split); raise stages.a.seq_len, or fix the data")  # fmt: skip
+    assert "loaded" not in done.stdout and not os.path.exists(out)
+    fixed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     with open(os.path.join(out, "report.json")) as f:
-        stages = json.load(f)["stages"]
-    assert stages["a"]["steps_without_trained_tokens"] == 0
+        assert json.load(f)["stages"]["a"]["steps_without_trained_tokens"] == 0
+
+
+def test_steps_without_trained_tokens_are_counted_from_the_metrics(tmp_path):
+    """What a stage the check above cannot see (answers generated later, a vocab-extended tokenizer) is measured
+    by: every step with 0 trained tokens makes the stage an error (curriculum.train)."""
+    from jaxtrans.curriculum.train import _empty_steps
+
+    rows = [{"step": 1, "loss": 0.0, "tokens": 0}, {"step": 2, "loss": 1.0, "tokens": 12},
+            {"step": 2, "loss": 0.0, "tokens": 0}, {"eval/x": 1.0, "step": 2}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _empty_steps(str(tmp_path)) == 2  # a resumed run's rewrite of step 2 wins
+
+
+def test_an_adapter_is_checked_against_the_base_it_names_and_an_empty_one_is_refused(smol_tiny, tmp_path):
+    adapter = _adapter(smol_tiny, tmp_path)
+    other = str(tmp_path / "other-base")
+    shutil.copytree(smol_tiny, other)  # the same shapes under another name: a different model as far as we know
+    for module, extra in (
+        ("jaxtrans.export", ["--peft", str(tmp_path / "p")]),
+        ("jaxtrans.eval", ["--target_text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "e")]),
+    ):
+        (tmp_path / "t.txt").write_text("สวัสดีครับ\n")
+        done = _run(module, "--model", other, "--adapter", adapter, *extra)
+        _one_line(done, f"{adapter} was trained on {smol_tiny}, not {other}; give that model (--model {smol_tiny}), "
+                        "or pass --allow_other_base if this is a copy of it under another name")  # fmt: skip
+    done = _run("jaxtrans.export", "--model", other, "--adapter", adapter, "--peft", str(tmp_path / "p"),
+                "--allow_other_base")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    from safetensors.numpy import save_file
+
+    save_file({}, str(empty / "adapter_model.safetensors"))
+    done = _run("jaxtrans.export", "--model", smol_tiny, "--adapter", str(empty), "--merged", str(tmp_path / "m"))
+    _one_line(done, f"{empty} holds no LoRA tensors and no new-token rows: the adapter is empty")
+    assert not (tmp_path / "m").exists()

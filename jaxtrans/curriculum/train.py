@@ -157,6 +157,34 @@ def preflight(cfg: Any, name: str, stage: Any, mesh: Any, max_streaming: int = 1
     return counts
 
 
+# kinds whose examples are whole in the data (the others wait for answers the model generates)
+SELF_CONTAINED = ("pretrain", "translate", "sft")
+
+
+def check_trained_tokens(cfg: Any, name: str, stage: Any, tokenizer: Any, sample: int = 64) -> None:
+    """Refuse, before any weight is read, a component none of whose first ``sample`` examples keeps a trained
+    token within the stage's rows (prompts longer than ``seq_len``, or every answer cut away): the stage would
+    train on nothing. Checked with the base tokenizer, so only before a vocab stage changes it."""
+    from jaxtrans.data.formats import Tags
+    from jaxtrans.data.mixture import Language, encode
+    from jaxtrans.data.pack import pack
+
+    lang = Language(cfg.language.name, Tags(target=cfg.language.tag))
+    for comp in components(name, stage):
+        if comp.kind not in SELF_CONTAINED or comp.source.path.startswith("hf:"):
+            continue
+        records = list(itertools.islice(read(comp.source, *ROLES[comp.kind]), sample))
+        split = stage.seq_len if stage.too_long == "split" else 0
+        examples, names = encode(comp, records, tokenizer, lang, split)
+        policy = "truncate" if stage.too_long == "error" else stage.too_long  # "error" is raised by the run itself
+        if records and pack(examples, stage.seq_len, 0, policy, names)[1].trained_tokens == 0:
+            raise JaxtransError(
+                f"stage {name!r}, data component {comp.name!r}: none of its first {len(records)} examples keeps a "
+                f"trained token within seq_len={stage.seq_len} (too_long={stage.too_long}); raise "
+                f"stages.{name}.seq_len, or fix the data"
+            )
+
+
 def _start(state: RunState, trainer: Any, start: str = "") -> dict:
     """The trainable state the stage starts from: ``start_from``'s end, the previous stage's, or fresh adapters
     and the vocab rows."""

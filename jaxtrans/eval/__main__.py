@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--answer_questions"
         )
     spec.check()  # bad data fails before any model is loaded
-    view, tags = load_view(args.model, args.adapter)
+    view, tags = load_view(args.model, args.adapter, allow_other_base=args.allow_other_base)
     baseline = load_view(args.baseline)[0] if args.baseline else None
     title = args.model + (f" + {args.adapter}" if args.adapter else "")
     return evaluate(view, tags, spec, args.out, baseline=baseline, title=title, baseline_model=args.baseline or "")
@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=64, help="records per data set")
     ap.add_argument("--max_new_tokens", type=int, default=128)
     ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--allow_other_base",
+        action="store_true",
+        help="use --adapter with a --model other than the one it names (a copy under another name)",
+    )
     args = ap.parse_args(argv)
     result = guarded(lambda: run(args), on_stop="re-run the same command (answers already generated are kept)")
     shown = {k: v for k, v in result.items() if k not in ("en_answers", "baseline")}

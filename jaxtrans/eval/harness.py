@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log_samples", action="store_true", help="keep every scored sample in results.json")
     ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument(
+        "--allow_other_base",
+        action="store_true",
+        help="use --adapter with a --model other than the one it names (a copy under another name)",
+    )
     return ap
 
 
@@ -56,7 +61,8 @@ def run(args: argparse.Namespace) -> dict:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise JaxtransError(f"unknown lm-evaluation-harness tasks {unknown}; list them with `lm_eval --tasks list`")
-    lm = JaxtransLM(model=args.model, adapter=args.adapter, batch_size=args.batch_size, max_length=args.max_length)
+    lm = JaxtransLM(model=args.model, adapter=args.adapter, batch_size=args.batch_size, max_length=args.max_length,
+                    allow_other_base=args.allow_other_base)  # fmt: skip
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,

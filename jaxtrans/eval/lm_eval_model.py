@@ -47,10 +47,11 @@ class JaxtransLM(TemplateLM):
         max_gen_toks: int = 256,
         add_bos_token: bool | None = None,
         dtype: str = "float32",
+        allow_other_base: bool = False,
         **_: Any,
     ) -> None:
         super().__init__()
-        self.view = view if view is not None else load_view(model, adapter, dtype)[0]
+        self.view = view if view is not None else load_view(model, adapter, dtype, allow_other_base)[0]
         self.tokenizer = self.view.tokenizer
         self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
         self._max_length = int(max_length) if max_length else None

@@ -397,6 +397,31 @@ def _import_rows(adapter_dir: str, cfg: ModelConfig, tensors: dict) -> dict[str,
     return rows
 
 
+def adapter_base(adapter_dir: str) -> str | None:
+    """The base model an adapter names (PEFT's ``base_model_name_or_path``), if it names one."""
+    try:
+        with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+            name = json.load(f).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):  # missing or damaged: import_peft says which, in one line
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def same_model(recorded: str, given: str) -> bool:
+    """Whether two model names can be the same model: equal, the same local folder (symlinks resolved), or a
+    hub id and a local folder of the same name (``org/Name`` and ``/models/Name``)."""
+    if recorded == given:
+        return True
+    from jaxtrans.pretrained import resolve
+
+    local = lambda p: resolve(p).path if p.startswith("embedded:") else p  # noqa: E731  (no download)
+    recorded, given = local(recorded), local(given)
+    if os.path.exists(recorded) and os.path.exists(given):
+        return os.path.realpath(recorded) == os.path.realpath(given)
+    name = lambda p: os.path.basename(os.path.normpath(p)).lower()  # noqa: E731
+    return name(recorded) == name(given)
+
+
 def import_peft(adapter_dir: str, cfg: ModelConfig) -> tuple[llama.Adapters, dict[str, Any]]:
     """(Adapters, trainable) from a PEFT LoRA directory, checked against ``cfg``'s shapes."""
     from safetensors.numpy import load_file
@@ -426,6 +451,11 @@ def import_peft(adapter_dir: str, cfg: ModelConfig) -> tuple[llama.Adapters, dic
     if unknown:
         raise JaxtransError(f"{adapter_dir}: LoRA on {sorted(unknown)}; jaxtrans adapts q,k,v,o,gate,up,down only")
     targets = [n for n in lora.LINEAR if f"{n}_proj" in found]
+    if not targets and not pc.get("trainable_token_indices"):
+        raise JaxtransError(
+            f"{adapter_dir} holds no LoRA tensors and no new-token rows: the adapter is empty; export it again "
+            "from its run (python -m jaxtrans.export --run RUN --peft DIR)"
+        )
     lc = lora.LoraConfig.make(
         int(pc["r"]), float(pc["lora_alpha"]), 0.0, ",".join(targets), bool(pc.get("use_rslora", False))
     )

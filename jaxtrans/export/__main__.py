@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--peft", default=None, help="write the adapter in PEFT format here")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--overwrite", action="store_true", help="replace existing output directories")
+    ap.add_argument(
+        "--allow_other_base",
+        action="store_true",
+        help="use --adapter with a --model other than the one it names (a copy under another name)",
+    )
     return ap
 
 
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> list[str]:
     from jaxtrans.export import ADAPTER_INFO, export_merged, export_peft
     from jaxtrans.view import load_view
 
-    view, tags = load_view(model, adapter)
+    view, tags = load_view(model, adapter, allow_other_base=args.allow_other_base)
     trainable = {k: v for k, v in view.variables.items() if k != "params"}
     record = None
     if os.path.isfile(os.path.join(adapter, "jaxtrans_vocab.json")):
