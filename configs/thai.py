@@ -18,6 +18,8 @@ Variants (``--config configs/thai.py:VARIANT``):
 * ``llama2_7b``: the paper's setting on Llama-2-7b-chat (hub; licence accepted)
   in bf16. Point the data at your files (see README, "Data"):
   ``--config.stages.pretrain.data.thai.source.path=/data/th_text.jsonl`` etc.
+* ``llama31_8b``, ``qwen3_8b``: the same on Llama-3.1-8B-Instruct and Qwen3-8B
+  (thinking off), the bases today's Thai models start from.
 
 Switches beyond the paper (defaults keep TransLLM's recipe):
 
@@ -220,6 +222,14 @@ def _local(cfg: config_dict.ConfigDict) -> None:
     cfg.eval.target_max_new_tokens = 320
 
 
+# the paper's recipe on hub chat models (bf16, full remat, chunked loss; data from the hub): the variant name -> model
+HUB_MODELS = {
+    "llama2_7b": "meta-llama/Llama-2-7b-chat-hf",  # the paper's base
+    "llama31_8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "qwen3_8b": "Qwen/Qwen3-8B",  # thinking off in every prompt and trained answer (jaxtrans.data.template)
+}
+
+
 def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
     cfg = run_defaults()
     cfg.lora = lora_defaults(rank=64, alpha=128.0, dropout=0.05, targets="all-linear")
@@ -228,9 +238,9 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
         _embedded(cfg)
     elif variant == "local":
         _local(cfg)
-    elif variant == "llama2_7b":
-        cfg.output_dir = "runs/thai_llama2_7b"
-        cfg.model.path = "meta-llama/Llama-2-7b-chat-hf"
+    elif variant in HUB_MODELS:
+        cfg.output_dir = f"runs/thai_{variant}"
+        cfg.model.path = HUB_MODELS[variant]
         cfg.model.dtype = "bfloat16"
         cfg.model.param_dtype = "bfloat16"
         cfg.model.remat = "full"
@@ -258,6 +268,8 @@ def get_config(variant: str = "embedded") -> config_dict.ConfigDict:
         cfg.generation.batch_size = 64
         cfg.generation.max_new_tokens = 512
     else:
-        raise JaxtransError(f"unknown variant {variant!r} of configs/thai.py; use embedded, local or llama2_7b")
+        raise JaxtransError(
+            f"unknown variant {variant!r} of configs/thai.py; use embedded, local or {', '.join(HUB_MODELS)}"
+        )
     cfg.lock()
     return cfg

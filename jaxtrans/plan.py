@@ -57,6 +57,11 @@ PRESETS["meta-llama/Llama-3.1-8B-Instruct"] = PRESETS["meta-llama/Llama-3.1-8B"]
 PRESETS["meta-llama/Llama-3.1-70B-Instruct"] = {**PRESETS["meta-llama/Llama-3.1-8B"], "hidden_size": 8192,
                                                 "intermediate_size": 28672, "num_hidden_layers": 80,
                                                 "num_attention_heads": 64, "num_key_value_heads": 8}  # fmt: skip
+_QWEN3 = {"model_type": "qwen3", "vocab_size": 151936, "head_dim": 128, "num_attention_heads": 32,
+          "num_key_value_heads": 8, "num_hidden_layers": 36, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+          "rope_theta": 1_000_000.0, "attention_bias": False, "hidden_act": "silu"}  # fmt: skip
+PRESETS["Qwen/Qwen3-8B"] = {**_QWEN3, "hidden_size": 4096, "intermediate_size": 12288, "tie_word_embeddings": False}
+PRESETS["Qwen/Qwen3-4B"] = {**_QWEN3, "hidden_size": 2560, "intermediate_size": 9728, "tie_word_embeddings": True}
 for _name in list(PRESETS):
     PRESETS[_name.replace("-hf", "-chat-hf")] = PRESETS[_name]
 

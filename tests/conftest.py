@@ -60,6 +60,7 @@ def tiny_hf_model(tmp_path, model_type: str = "llama", seed: int = 0, **override
     cls = {
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
     }[model_type]
     config = cls[0](**base)

@@ -38,9 +38,16 @@ def _ours(cfg, adapters, base, trainable, tokens):
     return np.asarray(logits, np.float64)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    hf, path = tiny_hf_model(tmp_path_factory.mktemp("m"), "llama", tie_word_embeddings=False)
+FAMILIES = {
+    "llama": dict(tie_word_embeddings=False),
+    # Qwen3: q/k norms; odd sizes (grouped KV heads, head_dim not hidden/heads)
+    "qwen3": dict(tie_word_embeddings=False, num_attention_heads=6, num_key_value_heads=2, head_dim=20, hidden_size=72),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def tiny(tmp_path_factory, request):
+    hf, path = tiny_hf_model(tmp_path_factory.mktemp("m"), request.param, **FAMILIES[request.param])
     model, _ = jaxtrans.load_pretrained(path, with_tokenizer=False)
     return hf, path, model
 

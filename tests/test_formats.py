@@ -199,3 +199,24 @@ def test_cut_answers_are_trimmed_to_whole_sentences(text, kept):
     from jaxtrans.curriculum.fillers import whole_sentences
 
     assert whole_sentences(text) == kept
+
+
+def test_thinking_is_off_in_prompts_and_trained_answers(smollm2):
+    """A template that reads ``enable_thinking`` (as Qwen3's does: an empty think block opens the answer when it
+    is off) renders prompts and trained answers alike, so the answer's tokens are found and trained."""
+    import copy
+
+    tok = copy.deepcopy(smollm2)
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if m.role == 'assistant' and loop.last and enable_thinking is defined and not enable_thinking %}"
+        "<think></think>{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}{% endif %}"
+    )
+    from jaxtrans.data.template import render
+
+    prompt = tok.decode(render(tok, [{"role": "user", "content": "Hi"}]))
+    assert prompt.endswith("<|im_start|>assistant\n<think></think>")
+    ids, trained = encode_chat(tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
+    assert tok.decode(ids[trained == 1]) == "Hello<|im_end|>\n"

@@ -37,6 +37,9 @@ CASES = {
         dict(max_position_embeddings=8, rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0)),
     ),
     "qwen2": ("qwen2", dict(tie_word_embeddings=True)),
+    # odd sizes: grouped KV heads, head_dim not hidden/heads, untied and tied heads, attention biases
+    "qwen3": ("qwen3", dict(num_attention_heads=6, num_key_value_heads=2, head_dim=20, hidden_size=72)),
+    "qwen3_tied_bias": ("qwen3", dict(tie_word_embeddings=True, attention_bias=True, head_dim=12)),
     "mistral_window": ("mistral", dict(sliding_window=5)),
 }
 
@@ -109,3 +112,50 @@ def test_packed_segments_equal_separate_runs(tmp_path):
         assert np.abs(got - alone).max() <= 1e-5
         assert np.abs(got - ref).max() <= 1e-5
         start += len(piece)
+
+
+def test_a_qwen3_gguf_loads_with_the_checkpoints_logits(tmp_path):
+    """A Qwen3 GGUF as llama.cpp names it (q/k norms as attn_q_norm/attn_k_norm, no rotary permutation)."""
+    import gguf
+
+    hf_model, path = tiny_hf_model(tmp_path, "qwen3", num_attention_heads=6, num_key_value_heads=2, head_dim=20,
+                                   hidden_size=72)  # fmt: skip
+    c = hf_model.config
+    writer = gguf.GGUFWriter(str(tmp_path / "q3.gguf"), "qwen3")
+    for key, value in (
+        ("context_length", c.max_position_embeddings),
+        ("embedding_length", c.hidden_size),
+        ("feed_forward_length", c.intermediate_size),
+        ("block_count", c.num_hidden_layers),
+        ("attention.head_count", c.num_attention_heads),
+        ("vocab_size", c.vocab_size),
+        ("attention.head_count_kv", c.num_key_value_heads),
+        ("attention.key_length", c.head_dim),
+    ):
+        writer.add_uint32(f"qwen3.{key}", value)
+    writer.add_float32("qwen3.attention.layer_norm_rms_epsilon", c.rms_norm_eps)
+    writer.add_float32("qwen3.rope.freq_base", c.rope_parameters["rope_theta"])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}  # fmt: skip
+    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+    for name, tensor in hf_model.state_dict().items():
+        if name.startswith("model.layers."):
+            i, rest = name[len("model.layers.") :].split(".", 1)
+            module = rest.rsplit(".", 1)[0]
+            gname = f"blk.{i}.{layer[module]}.weight"
+        else:
+            gname = names[name]
+        writer.add_tensor(gname, tensor.numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model, _ = jaxtrans.load_pretrained(str(tmp_path / "q3.gguf"), with_tokenizer=False)
+    assert model.config.qk_norm and model.config.head_dim == 20
+    tokens, mask = _batch(model.config.vocab_size)
+    ours = np.asarray(model(tokens, attention_mask=mask))
+    diff = np.abs(ours - _hf_logits(hf_model, tokens, mask))[mask.astype(bool)].max()
+    assert diff <= 1e-5, diff

@@ -198,3 +198,24 @@ def test_every_shipped_config_passes_its_checks(config, shared_data):
     if not cfg.model.path.startswith("meta-llama/"):  # the hub models' tokenizers would need the network
         counts = pipeline.preflight(cfg, sharding.make_mesh(1, 1, 1, jax.devices()[:1]))  # one CPU device
         assert counts and all(n > 0 for n in counts.values())
+
+
+def test_a_qwen3_base_runs_vocab_train_and_eval_and_a_rerun_restores_it(tmp_path, shared_data):
+    """A random Qwen3 (q/k norms, grouped KV heads, head_dim not hidden/heads, untied) speaking SmolLM2's
+    byte-level BPE through vocabulary extension, a train stage and the eval stage; the same command again
+    restores every stage."""
+    from jaxtrans.pretrained import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve("embedded:smollm2"))
+    sizes = dict(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    _, path = tiny_hf_model(tmp_path, "qwen3", vocab_size=len(tok), max_position_embeddings=512, **sizes)
+    tok.save_pretrained(path)
+    out = str(tmp_path / "out")
+    stages = "--config.curriculum=('vocab', 'pretrain', 'final')"
+    report = _main(path, out, stages)
+    assert report["stages"]["vocab"]["new_tokens"] > 0
+    assert report["stages"]["pretrain"]["loss_last"] < report["stages"]["pretrain"]["loss_first"]
+    assert "final" in report.get("evals", report["stages"])
+    again = _main(path, out, stages)
+    assert again["stages"]["pretrain"]["digest_out"] == report["stages"]["pretrain"]["digest_out"]
+    assert again["stages"]["pretrain"]["seconds_this_run"] < 60

@@ -7,13 +7,17 @@ from typing import Any
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of a conversation under the model's chat template."""
+    """Token ids of a conversation under the model's chat template.
+
+    Thinking is off (``enable_thinking=False``, which Qwen3's template reads and others ignore): TCOT and
+    recovery answers are generated and trained as direct answers, the same way in both."""
     if getattr(tokenizer, "chat_template", None):
         return list(
             tokenizer.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+                messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False,
+                enable_thinking=False,
             )
-        )
+        )  # fmt: skip
     # Llama-2 chat format, for tokenizers saved without a template: the system prompt goes inside the first [INST]
     system = ""
     if messages and messages[0]["role"] == "system":

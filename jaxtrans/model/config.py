@@ -12,7 +12,7 @@ from typing import Any
 
 from jaxtrans.errors import JaxtransError, require
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 # none: keep every activation; full: keep each layer's input, recompute the layer; save_dots: keep the projections
 # outputs too; offload_residuals: as full, with the layer inputs kept in host memory (pinned) between the passes
@@ -44,7 +44,7 @@ class RopeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A Llama-family decoder: Llama 2/3, Mistral, Qwen2, SmolLM2."""
+    """A Llama-family decoder: Llama 2/3, Mistral, Qwen2, Qwen3, SmolLM2."""
 
     vocab_size: int
     hidden_size: int
@@ -59,6 +59,7 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3)
     sliding_window: int | None = None
     max_position_embeddings: int = 2048
     model_type: str = "llama"
@@ -95,7 +96,7 @@ class ModelConfig:
         if self.o_bias:
             attn += d
         mlp = 3 * d * f + (2 * f + d if self.mlp_bias else 0)
-        per_layer = attn + mlp + 2 * d
+        per_layer = attn + mlp + 2 * d + (2 * hd if self.qk_norm else 0)
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.num_layers * per_layer + emb + d
 
@@ -120,6 +121,41 @@ def _rope_from_hf(hf: dict[str, Any], head_dim: int) -> RopeConfig:
     )
 
 
+def _window_if_used(hf: dict[str, Any]) -> int | None:
+    return hf.get("sliding_window") if hf.get("use_sliding_window") else None
+
+
+def _qwen3_window(hf: dict[str, Any]) -> None:
+    if hf.get("use_sliding_window"):
+        raise JaxtransError(
+            "Qwen3 with use_sliding_window=True (a window on some layers only) is not supported; its released "
+            "checkpoints keep it off"
+        )
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What one ``model_type`` differs in: its transformers class, biases, window and norms, read from and
+    written to ``config.json``. A new Llama-like family is one entry of :data:`FAMILIES`."""
+
+    architecture: str
+    window: Any  # (hf config) -> sliding window or None
+    qkv_bias: Any = None  # (hf config) -> bool; default: attention_bias
+    qk_norm: bool = False
+    written: tuple[str, ...] = ("attention_bias", "mlp_bias")  # the config keys to_hf_config writes
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("LlamaForCausalLM", lambda hf: None),
+    "mistral": Family("MistralForCausalLM", lambda hf: hf.get("sliding_window"), written=("sliding_window",)),
+    "qwen2": Family("Qwen2ForCausalLM", _window_if_used, qkv_bias=lambda hf: True,
+                    written=("use_sliding_window", "sliding_window")),
+    "qwen3": Family("Qwen3ForCausalLM", _qwen3_window, qk_norm=True,
+                    written=("attention_bias", "use_sliding_window")),
+}  # fmt: skip
+
+
 def from_hf_config(hf: dict[str, Any], **execution: Any) -> ModelConfig:
     """Translate a HF ``config.json`` dict; ``execution`` sets dtype/param_dtype/remat/attention."""
     model_type = hf.get("model_type")
@@ -132,13 +168,12 @@ def from_hf_config(hf: dict[str, Any], **execution: Any) -> ModelConfig:
         hidden = int(hf["hidden_size"])
         heads = int(hf["num_attention_heads"])
         head_dim = int(hf.get("head_dim") or hidden // heads)
-        if model_type == "qwen2":
-            qkv_bias, o_bias, mlp_bias = True, False, False
-            window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
-        else:
-            qkv_bias = o_bias = bool(hf.get("attention_bias", False))
-            mlp_bias = bool(hf.get("mlp_bias", False))
-            window = hf.get("sliding_window") if model_type == "mistral" else None
+        family = FAMILIES[model_type]
+        bias = bool(hf.get("attention_bias", False))
+        qkv_bias = family.qkv_bias(hf) if family.qkv_bias else bias
+        o_bias = bias if family.qkv_bias is None else False
+        mlp_bias = bool(hf.get("mlp_bias", False)) if "mlp_bias" in family.written else False
+        window = family.window(hf)
         cfg = ModelConfig(
             vocab_size=int(hf["vocab_size"]),
             hidden_size=hidden,
@@ -153,6 +188,7 @@ def from_hf_config(hf: dict[str, Any], **execution: Any) -> ModelConfig:
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             mlp_bias=mlp_bias,
+            qk_norm=family.qk_norm,
             sliding_window=int(window) if window else None,
             max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
             model_type=model_type,
@@ -176,9 +212,9 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
             high_freq_factor=cfg.rope.high_freq_factor,
             original_max_position_embeddings=cfg.rope.original_max_position_embeddings,
         )
-    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+    family = FAMILIES[cfg.model_type]
     hf: dict[str, Any] = {
-        "architectures": [arch[cfg.model_type]],
+        "architectures": [family.architecture],
         "model_type": cfg.model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
@@ -194,10 +230,7 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "tie_word_embeddings": cfg.tie_embeddings,
         "torch_dtype": "float32",
     }
-    if cfg.model_type == "llama":
-        hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
-    if cfg.model_type == "mistral":
-        hf["sliding_window"] = cfg.sliding_window
-    if cfg.model_type == "qwen2":
-        hf.update(use_sliding_window=cfg.sliding_window is not None, sliding_window=cfg.sliding_window)
+    written = {"attention_bias": cfg.o_bias or (cfg.qkv_bias and family.qkv_bias is None), "mlp_bias": cfg.mlp_bias,
+               "sliding_window": cfg.sliding_window, "use_sliding_window": cfg.sliding_window is not None}  # fmt: skip
+    hf.update({key: written[key] for key in family.written})
     return hf

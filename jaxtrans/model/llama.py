@@ -241,6 +241,9 @@ class Attention(nn.Module):
         q_btnh = Proj((d,), (n, h), ("embed", "q_heads", "head_dim"), c.qkv_bias, name="q", **kw, **ad("q"))(x_btd)
         k_btkh = Proj((d,), (k, h), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="k", **kw, **ad("k"))(x_btd)
         v_btkh = Proj((d,), (k, h), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="v", **kw, **ad("v"))(x_btd)
+        if c.qk_norm:  # Qwen3: each head's queries and keys RMS-normalised before the rotation
+            q_btnh = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="q_norm")(q_btnh)
+            k_btkh = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="k_norm")(k_btkh)
         q_btnh = rope.apply(q_btnh, ctx.cos_bth, ctx.sin_bth)
         k_btkh = rope.apply(k_btkh, ctx.cos_bth, ctx.sin_bth)
         if kv is not None:

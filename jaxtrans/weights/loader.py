@@ -78,6 +78,9 @@ def hf_layout(cfg: ModelConfig) -> dict[tuple[str, ...], HFTensor]:
             table[("layers", "attn", p, "bias")] = HFTensor(_LAYER + f"self_attn.{p}_proj.bias", flat=True)
     if cfg.o_bias:
         table[("layers", "attn", "o", "bias")] = HFTensor(_LAYER + "self_attn.o_proj.bias")
+    if cfg.qk_norm:
+        for p in ("q", "k"):
+            table[("layers", "attn", f"{p}_norm", "scale")] = HFTensor(_LAYER + f"self_attn.{p}_norm.weight")
     for p in ("gate", "up", "down"):
         table[("layers", "mlp", p, "kernel")] = HFTensor(_LAYER + f"mlp.{p}_proj.weight", n_in=1)
         if cfg.mlp_bias:

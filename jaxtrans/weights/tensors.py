@@ -121,6 +121,8 @@ _GGUF_LAYER_NAMES = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
@@ -175,8 +177,8 @@ class GGUFSource:
 
     def _build_config(self) -> dict[str, Any]:
         a = self.arch
-        if a not in ("llama", "mistral", "qwen2"):
-            raise JaxtransError(f"unsupported GGUF architecture {a!r}; jaxtrans supports llama, mistral, qwen2")
+        if a not in ("llama", "mistral", "qwen2", "qwen3"):
+            raise JaxtransError(f"unsupported GGUF architecture {a!r}; jaxtrans supports llama, mistral, qwen2, qwen3")
         heads = int(self._field(f"{a}.attention.head_count"))
         hidden = int(self._field(f"{a}.embedding_length"))
         tokens = self._field("tokenizer.ggml.tokens") or []
