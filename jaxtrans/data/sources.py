@@ -309,6 +309,29 @@ def _lookup(rec: dict, column: str) -> Any:
     return value
 
 
+def _roles(
+    src: Source, where: str, rec: Any, required: Sequence[str], optional: Sequence[str]
+) -> tuple[dict[str, Any], str | None]:
+    """(the record's roles, or why it cannot give them)."""
+    if isinstance(rec, _Malformed):
+        return {}, rec.problem
+    if not isinstance(rec, dict):
+        return {}, f"a record must be an object with columns, found {type(rec).__name__}"
+    out = {"_where": where}
+    for role in list(required) + list(optional):
+        value = _lookup(rec, src.column(role))
+        if value is None or (isinstance(value, str) and not value.strip()) or value == []:
+            if role in required:
+                cols = ", ".join(map(str, rec)) or "none"
+                return out, f"no {src.column(role)!r} column for {role!r} (columns: {cols})"
+            continue
+        problem = _type_problem(role, src.column(role), value)
+        if problem is not None:
+            return out, problem
+        out[role] = value
+    return out, None
+
+
 def read(
     src: Source,
     required: Sequence[str],
@@ -339,25 +362,7 @@ def read(
     kept = 0
     for n, (where, rec) in enumerate(raw):
         stop.check()  # SIGTERM: between records
-        problem = None
-        if isinstance(rec, _Malformed):
-            problem = rec.problem
-        elif not isinstance(rec, dict):
-            problem = f"a record must be an object with columns, found {type(rec).__name__}"
-        else:
-            out = {"_where": where}
-            for role in list(required) + list(optional):
-                value = _lookup(rec, src.column(role))
-                if value is None or (isinstance(value, str) and not value.strip()) or value == []:
-                    if role in required:
-                        cols = ", ".join(map(str, rec)) or "none"
-                        problem = f"no {src.column(role)!r} column for {role!r} (columns: {cols})"
-                        break
-                    continue
-                problem = _type_problem(role, src.column(role), value)
-                if problem is not None:
-                    break
-                out[role] = value
+        out, problem = _roles(src, where, rec, required, optional)
         if problem is not None:
             if not src.skip_bad:
                 raise JaxtransError(f"{where}: {problem}; fix the data, map the column, or set skip_bad")
