@@ -27,7 +27,7 @@ class FakeTokenizer:
     eos_token_id = 0
     pad_token_id = bos_token_id = None
 
-    def apply_chat_template(self, messages, add_generation_prompt, tokenize, return_dict):
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize, return_dict, **template_vars):
         text = "".join(f"[{m['role']}]{m['content']}" for m in messages) + (
             "[assistant]" if add_generation_prompt else ""
         )
