@@ -16,7 +16,7 @@ import argparse
 
 from jaxtrans.errors import number
 from jaxtrans.exits import guarded
-from jaxtrans.view import load_view
+from jaxtrans.view import add_allow_other_base, load_view
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,11 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max_new_tokens", type=int, default=256)
     ap.add_argument("--show_english", action="store_true", help="also print the English query and answer")
     ap.add_argument("--plain", action="store_true", help="no TCOT handling (ordinary chat models)")
-    ap.add_argument(
-        "--allow_other_base",
-        action="store_true",
-        help="use --adapter with a --model other than the one it names (a copy under another name)",
-    )
+    add_allow_other_base(ap)
     args = ap.parse_args(argv)
 
     def body() -> None:

@@ -86,12 +86,9 @@ def preflight(cfg: Any, mesh: Any = None) -> dict[str, int]:
         stage = cfg.stages[name]
         counts.update(STAGE_KINDS[stage.kind].preflight(cfg, name, stage, mesh))
     points.spec(cfg).check()
-    check_tokenizer(cfg.model.path, cfg.model.get("allow_tokenizer_mismatch", False))
+    tokenizer = check_tokenizer(cfg.model.path, cfg.model.get("allow_tokenizer_mismatch", False))
     kinds = [cfg.stages[name].kind for name in cfg.curriculum]
     if "train" in kinds and ("vocab" not in kinds or kinds.index("train") < kinds.index("vocab")):
-        from jaxtrans.pretrained import load_tokenizer, resolve
-
-        tokenizer = load_tokenizer(resolve(cfg.model.path))  # what the stages before a vocab stage tokenize with
         for name in cfg.curriculum[: kinds.index("vocab") if "vocab" in kinds else None]:
             if cfg.stages[name].kind == "train":
                 train.check_trained_tokens(cfg, name, cfg.stages[name], tokenizer)

@@ -187,8 +187,9 @@ def _forward() -> Any:
     return jax.jit(forward, static_argnums=0, compiler_options=xla_options.accurate())
 
 
-def check_tokenizer(path: str, allow_mismatch: bool = False) -> None:
-    """The tokenizer found with a model fits its embedding rows; reads config and tokenizer, no weights.
+def check_tokenizer(path: str, allow_mismatch: bool = False) -> Any:
+    """The tokenizer found with a model, checked to fit its embedding rows (returned, so callers before the
+    model loads need not read it again); reads config and tokenizer, no weights.
 
     Models pad their vocabulary by at most a few hundred rows (Qwen2: 271),
     so a tokenizer leaving more than ``max(1024, 2%)`` rows unused, or with
@@ -203,7 +204,7 @@ def check_tokenizer(path: str, allow_mismatch: bool = False) -> None:
             f"the tokenizer of {path} has {n} tokens but the model only {rows} rows; use the tokenizer saved with it"
         )
     if allow_mismatch:
-        return
+        return tokenizer
     if rows - n > max(1024, rows // 50):
         raise JaxtransError(
             f"the tokenizer of {path} covers {n} of the model's {rows} rows, so it is probably another model's; "
@@ -215,6 +216,7 @@ def check_tokenizer(path: str, allow_mismatch: bool = False) -> None:
             f"the tokenizer of {path} starts text with id {tokenizer.bos_token_id} but the model expects {bos}; "
             "use the tokenizer saved with this model (or set model.allow_tokenizer_mismatch=True)"
         )
+    return tokenizer
 
 
 def load_pretrained(

@@ -27,6 +27,15 @@ class ModelView:
     tokenizer: Any
 
 
+def add_allow_other_base(parser: Any) -> None:
+    """The ``--allow_other_base`` flag of every command that takes ``--model`` with ``--adapter``."""
+    parser.add_argument(
+        "--allow_other_base",
+        action="store_true",
+        help="use --adapter with a --model other than the one it names (a copy under another name)",
+    )
+
+
 def load_view(
     model: str, adapter: str | None = None, dtype: str = "float32", allow_other_base: bool = False
 ) -> tuple[ModelView, Any]:

@@ -111,11 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=64, help="records per data set")
     ap.add_argument("--max_new_tokens", type=int, default=128)
     ap.add_argument("--out", required=True)
-    ap.add_argument(
-        "--allow_other_base",
-        action="store_true",
-        help="use --adapter with a --model other than the one it names (a copy under another name)",
-    )
+    from jaxtrans.view import add_allow_other_base  # the model code loads only when a command runs
+
+    add_allow_other_base(ap)
     args = ap.parse_args(argv)
     result = guarded(lambda: run(args), on_stop="re-run the same command (answers already generated are kept)")
     shown = {k: v for k, v in result.items() if k not in ("en_answers", "baseline")}

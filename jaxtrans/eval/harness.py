@@ -34,11 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log_samples", action="store_true", help="keep every scored sample in results.json")
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument(
-        "--allow_other_base",
-        action="store_true",
-        help="use --adapter with a --model other than the one it names (a copy under another name)",
-    )
+    from jaxtrans.view import add_allow_other_base  # the model code loads only when a command runs
+
+    add_allow_other_base(ap)
     return ap
 
 

@@ -31,11 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--peft", default=None, help="write the adapter in PEFT format here")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--overwrite", action="store_true", help="replace existing output directories")
-    ap.add_argument(
-        "--allow_other_base",
-        action="store_true",
-        help="use --adapter with a --model other than the one it names (a copy under another name)",
-    )
+    from jaxtrans.view import add_allow_other_base  # the model code loads only when a command runs
+
+    add_allow_other_base(ap)
     return ap
 
 
