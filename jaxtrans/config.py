@@ -175,6 +175,8 @@ def lora_defaults(**overrides: Any) -> config_dict.ConfigDict:
         "rslora": False,
         "quantized": False,  # QLoRA: the frozen block weights stored as NF4
         "quantize_head": False,  # with quantized: the untied LM head's frozen kernel as NF4 too (new rows stay)
+        # the frozen embedding table kept in host memory, each batch's rows gathered there (untied heads only)
+        "host_embedding": False,
         "modules_to_save": (),  # e.g. ("embedding",) to train whole embeddings (PEFT's modules_to_save)
     }
     block.update(overrides)

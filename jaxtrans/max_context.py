@@ -113,7 +113,8 @@ class _Probe:
                 raise
             return {"peak": None, "host": None, "refused": True}
         mem = compiled.memory_analysis()
-        return {"peak": planner._device_peak(mem), "host": planner._host_peak(mem), "refused": False}
+        host = planner._host_peak(mem) + planner.host_table_bytes(trainer)
+        return {"peak": planner._device_peak(mem), "host": host, "refused": False}
 
 
 def search(cfg: Any, device: str, topology: str | None = None, description: str | None = None) -> dict[str, Any]:

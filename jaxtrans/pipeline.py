@@ -92,15 +92,33 @@ def preflight(cfg: Any, mesh: Any = None) -> dict[str, int]:
         for name in cfg.curriculum[: kinds.index("vocab") if "vocab" in kinds else None]:
             if cfg.stages[name].kind == "train":
                 train.check_trained_tokens(cfg, name, cfg.stages[name], tokenizer)
-    if cfg.lora.get("quantize_head", False):
-        from jaxtrans.plan import model_config  # config.json only
-
-        if model_config(cfg.model.path).tie_embeddings:
-            raise JaxtransError(
-                f"lora.quantize_head: {cfg.model.path} ties its LM head to the embedding table, which stays float "
-                "(lookups and new-row inits read it); set lora.quantize_head=False"
-            )
+    _check_untied(cfg)
     return counts
+
+
+def _check_untied(cfg: Any) -> None:
+    """Settings that move the frozen head or embedding table need the two apart (checked from config.json)."""
+    asked = {
+        "quantize_head": "stores the head as NF4 while the embedding table stays float (lookups and new-row inits "
+        "read it)",
+        "host_embedding": "keeps the embedding table off the device, which the tied head reads every step",
+    }
+    asked = {k: why for k, why in asked.items() if cfg.lora.get(k, False)}
+    if not asked:
+        return
+    from jaxtrans.plan import model_config  # config.json only
+
+    if model_config(cfg.model.path).tie_embeddings:
+        key, why = next(iter(asked.items()))
+        raise JaxtransError(
+            f"lora.{key}: {cfg.model.path} ties its LM head to the embedding table, and this setting {why}; "
+            f"set lora.{key}=False"
+        )
+    if "host_embedding" in asked and "embedding" in cfg.lora.modules_to_save:
+        raise JaxtransError(
+            "lora.host_embedding keeps the frozen embedding table on the host, but lora.modules_to_save trains it; "
+            "drop one of the two"
+        )
 
 
 def _load(cfg: Any, mesh: Any) -> RunState:

@@ -115,8 +115,8 @@ def _trainer(cfg: Any, devices: list | None = None) -> tuple[Any, Any]:
                               quantized_head=cfg.lora.get("quantize_head", False), new_tokens=new_tokens + padding,
                               padding_rows=padding)  # fmt: skip
     biggest = max((s for s in stages if s.kind == "train"), key=lambda s: s.seq_len * s.batch_size)
-    trainer = Trainer(mcfg, adapters, optim_config(biggest), mesh,
-                      modules_to_save=tuple(cfg.lora.modules_to_save))  # fmt: skip
+    trainer = Trainer(mcfg, adapters, optim_config(biggest), mesh, modules_to_save=tuple(cfg.lora.modules_to_save),
+                      host_embedding=cfg.lora.get("host_embedding", False))  # fmt: skip
     return trainer, biggest
 
 
@@ -130,12 +130,18 @@ def _per_device(tree: Any) -> int:
 
 def _compile(trainer: Any, stage: Any) -> tuple[Any, Any, Any, float]:
     """(compiled step, abstract base, abstract state, compile seconds) for one batch of ``stage``."""
-    from jaxtrans.train.step import BATCH_KEYS
+    from jaxtrans.train import host_embedding
 
-    base = _abstract(nn.meta.unbox(llama.abstract_params(trainer.cfg, trainer.adapters)), trainer.base_shardings())
+    abstract = trainer.device_base(nn.meta.unbox(llama.abstract_params(trainer.cfg, trainer.adapters)))
+    base = _abstract(abstract, trainer.base_shardings())
     state = _abstract(jax.eval_shape(lambda b: trainer.init_state(b), base), trainer.state_shardings())
     shape = (stage.get("accum", 1), stage.batch_size, stage.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=trainer.batch_sharding()) for k in BATCH_KEYS}
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=trainer.batch_sharding()) for k in trainer.batch_keys()}
+    if host_embedding.BATCH_KEY in batch:  # the rows gathered on the host, in the compute dtype
+        rows = (*shape, trainer.cfg.hidden_size)
+        batch[host_embedding.BATCH_KEY] = jax.ShapeDtypeStruct(
+            rows, trainer.cfg.dtype, sharding=trainer.batch_sharding()
+        )
     t0 = time.perf_counter()
     compiled = trainer.compiled_step(base).lower(state, base, batch).compile()
     return compiled, base, state, time.perf_counter() - t0
@@ -242,7 +248,7 @@ def plan(
             "shard over more chips (mesh.fsdp), quantise the base (lora.quantized), or shorten the rows"
         ) from None
     mem = compiled.memory_analysis()
-    host = _host_peak(mem)
+    host = _host_peak(mem) + host_table_bytes(trainer)
     cost = compiled.cost_analysis()  # None from the deviceless GPU compiler
     cost = (cost[0] if isinstance(cost, list) and cost else cost) or {}
     xla_flops = float(cost.get("flops", 0.0))
@@ -267,7 +273,8 @@ def plan(
         "per_device_bytes": {"frozen_base": _per_device(base), "trainable_and_optimizer": _per_device(state),
                              "arguments": mem.argument_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
                              "peak": peak},
-        "host_bytes": host, "host_memory": spec.host_memory, "host_fits": host <= spec.host_memory,
+        "host_bytes": host, "host_table_bytes": host_table_bytes(trainer), "host_memory": spec.host_memory,
+        "host_fits": host <= spec.host_memory,
         "floor_bytes": floor, "floor_total": sum(floor.values()), "peak_over_floor": peak / sum(floor.values()),
         "flops_per_step": {"forward": flops.forward, "backward": flops.backward, "recompute": flops.recompute,
                            "total": flops.total},
@@ -283,6 +290,14 @@ def plan(
 def _device_peak(mem: Any) -> int:
     """Bytes a compiled program holds in device memory at once: arguments, outputs not aliased to them, temporaries."""
     return int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+
+
+def host_table_bytes(trainer: Any) -> int:
+    """Host bytes of the frozen embedding table with ``lora.host_embedding`` (each process holds it whole)."""
+    if not trainer.host_embedding:
+        return 0
+    c = trainer.cfg
+    return c.vocab_size * c.hidden_size * jnp.dtype(c.param_dtype).itemsize
 
 
 def _host_peak(mem: Any) -> int:
@@ -303,7 +318,8 @@ def plan_generation(
     trainer, _ = _trainer(cfg, devices)
     gen, mcfg, mesh = cfg.generation, trainer.cfg, trainer.mesh
     frozen = llama.Adapters(quantized=trainer.adapters.quantized, quantized_head=trainer.adapters.quantized_head)
-    base = _abstract(nn.meta.unbox(llama.abstract_params(mcfg, trainer.adapters)), trainer.base_shardings())
+    abstract = llama.abstract_params(mcfg, trainer.adapters)  # generation keeps every table on the device
+    base = _abstract(nn.meta.unbox(abstract), sharding.logical_to_sharding(abstract, mesh, trainer.rules))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     ids = jax.ShapeDtypeStruct((gen.batch_size, prompt_len), jnp.int32, sharding=replicated)
     scalars = (jax.ShapeDtypeStruct((1,), jnp.int32, sharding=replicated),
@@ -366,7 +382,10 @@ def _print(r: dict[str, Any], capacity: int) -> None:
         for size, shapes in r["largest_buffers"]:
             print(f"    {size / GiB:8.3f} GiB  {shapes}")
     if r["host_bytes"]:
-        print(f"  host memory per device {r['host_bytes'] / GiB:8.2f} GiB (offloaded activations; a usual "
+        table = r["host_table_bytes"]
+        parts = [f"offloaded activations {(r['host_bytes'] - table) / GiB:.2f} GiB"] if r["host_bytes"] > table else []
+        parts += [f"embedding table {table / GiB:.2f} GiB"] if table else []
+        print(f"  host memory per device {r['host_bytes'] / GiB:8.2f} GiB ({', '.join(parts)}; a usual "
               f"{r['device']} machine has {r['host_memory'] / GiB:.0f} GiB per device"
               f"{'' if r['host_fits'] else ': does NOT fit'})")  # fmt: skip
     verdict = "fits" if r["fits"] else "does NOT fit"

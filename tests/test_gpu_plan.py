@@ -103,6 +103,30 @@ def test_the_frozen_models_decode_compiles_for_an_abstract_gpu(gpu_tiny):
     assert result["peak"] >= result["weights_per_device"]
 
 
+@needs_plugin
+def test_a_host_embedding_table_leaves_the_device_and_its_rows_come_per_batch(tmp_path):
+    """``lora.host_embedding`` on an untied model, one abstract H100: the step's arguments lose the table and gain
+    the batch's rows (bf16 [1, B, T, D]); the plan counts the table in host memory."""
+    from jaxtrans import plan
+    from jaxtrans.pretrained import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve("embedded:smollm2"))
+    _, path = tiny_hf_model(
+        tmp_path, vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+    )  # fmt: skip
+    tok.save_pretrained(path)
+    cfg = _config(path, (1, 1, 1))
+    on_device = plan.plan(cfg, "H100", topology="1x1x1")
+    cfg.lora.host_embedding = True
+    hosted = plan.plan(cfg, "H100", topology="1x1x1")
+    table, rows = len(tok) * 256 * 2, 4 * SEQ * 256 * 2
+    assert hosted["host_table_bytes"] == table and hosted["host_bytes"] >= table
+    args = on_device["per_device_bytes"]["arguments"] - hosted["per_device_bytes"]["arguments"]
+    unread = 4 * SEQ * 4  # no new rows: the step no longer reads the int32 token ids, and XLA drops them
+    assert args in (table - rows, table - rows + unread), (args, table, rows)
+
+
 def test_gpu_plan_errors_come_before_compiling(gpu_tiny, monkeypatch, tmp_path):
     from jaxtrans import gpu, plan
     from jaxtrans.errors import JaxtransError

@@ -112,6 +112,7 @@ def _cases(w: dict) -> list[tuple[str, list[str]]]:
         ("lora dropout one", thai("--config.lora.dropout=1.0")),
         ("lora targets unknown", thai("--config.lora.targets=qq")),
         ("quantize_head without quantized", thai("--config.lora.quantize_head=True")),
+        ("host embedding with a tied head", thai("--config.lora.host_embedding=True")),
         ("mesh zero", thai("--config.mesh.data=0")),
         ("config key unknown", thai("--config.model.pth=x")),
         ("config file missing", _main("configs/nope.py")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -121,3 +122,71 @@ def test_an_nf4_head_gives_the_logits_of_its_round_trip(hidden):
                                   method="loss")  # fmt: skip
     got_loss = chunked.apply(nf4_vars, tokens, seg, None, tokens, mask, method="loss")
     np.testing.assert_allclose(float(got_loss[0]), float(want_loss[0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_a_host_embedding_table_gives_the_same_loss_and_gradients(distill):
+    """``lora.host_embedding``: the step gets the batch's rows gathered from a numpy table instead of the table;
+    packed rows with new-token ids (their rows stay trainable on the device), LoRA on every linear layer, and
+    with ``distill`` the frozen teacher reading the same rows."""
+    from jaxtrans.train import host_embedding
+    from jaxtrans.train.distill import KD_MASK, DistillConfig
+
+    adapters = llama.Adapters(lora=LoraConfig.make(4, 8, 0.0, "all-linear"), new_tokens=6, padding_rows=2)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    batch = {k: jnp.asarray(v[:4]) for k, v in examples(n=4, t=16, vocab=132).items()}
+    batch["segment_ids"] = batch["segment_ids"].at[:, 10:].set(2)  # two examples a row
+    if distill:
+        batch["loss_mask"] = batch["loss_mask"].at[::2].multiply(KD_MASK)
+    assert int(jnp.sum(batch["tokens"] >= 128)) > 0  # new ids among the inputs
+    cfg = dataclasses.replace(tiny_config(), remat="full")
+    base = llama.init_params(cfg, seed=1)
+    out = []
+    for on_host in (False, True):
+        trainer = Trainer(cfg, adapters, OptimConfig(total_steps=2), mesh, host_embedding=on_host,
+                          distill=DistillConfig("kl", 1.0) if distill else None)  # fmt: skip
+        step_base, step_batch = base, batch
+        if on_host:
+            step_base, table = host_embedding.split(base)
+            assert host_embedding.KEY not in step_base and isinstance(table, np.ndarray)
+            step_batch = {**batch, host_embedding.BATCH_KEY: host_embedding.rows(table, np.asarray(batch["tokens"]),
+                                                                                 cfg.dtype)}  # fmt: skip
+        trainable = jax.tree.map(lambda x: x + 0.01, trainer.init_state(base, seed=0).trainable)
+        loss = jax.value_and_grad(lambda t, tr=trainer, b=step_base, m=step_batch: tr.loss_fn(t, b, m,
+                                  jax.random.key(0)), has_aux=True)  # fmt: skip
+        out.append(jax.jit(loss)(trainable))
+    ((l0, n0), g0), ((l1, n1), g1) = out
+    assert float(n0) == float(n1) and float(l0) == pytest.approx(float(l1), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_training_with_a_host_embedding_table_matches_step_for_step(tmp_path):
+    """The loop gathers each batch's rows on the host; three steps give the device table's losses and state."""
+    from jaxtrans.train.data import InMemoryBatches
+    from jaxtrans.train.loop import LoopConfig, train
+    from tests.train_job import build
+
+    trainer, base = build(dropout=0.0)
+    finals = []
+    for on_host in (False, True):
+        t = dataclasses.replace(trainer, host_embedding=on_host)
+        data = InMemoryBatches(examples(), batch_size=8, accum=2, seed=3)
+        loop = LoopConfig(total_steps=3, save_every=3, progress=False)
+        finals.append(train(t, base, data, loop, str(tmp_path / f"host{on_host}")).trainable)
+        assert "embedding" in base  # the caller's base is left whole
+    losses = [(tmp_path / f"host{h}" / "metrics.jsonl").read_text() for h in (False, True)]
+    read = lambda text: [round(json.loads(line)["loss"], 6) for line in text.splitlines() if '"loss"' in line]  # noqa: E731
+    assert read(losses[0]) == read(losses[1]) and len(read(losses[0])) == 3
+    for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_a_host_embedding_table_is_refused_for_a_tied_head():
+    from jaxtrans.errors import JaxtransError
+
+    cfg = dataclasses.replace(tiny_config(), tie_embeddings=True)
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    with pytest.raises(JaxtransError, match="lora.host_embedding.*tied"):
+        Trainer(cfg, llama.Adapters(lora=LoraConfig.make(4, 8, 0.0)), OptimConfig(total_steps=2), mesh,
+                host_embedding=True)  # fmt: skip

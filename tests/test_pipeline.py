@@ -219,3 +219,14 @@ def test_a_qwen3_base_runs_vocab_train_and_eval_and_a_rerun_restores_it(tmp_path
     again = _main(path, out, stages)
     assert again["stages"]["pretrain"]["digest_out"] == report["stages"]["pretrain"]["digest_out"]
     assert again["stages"]["pretrain"]["seconds_this_run"] < 60
+    # the frozen embedding table in host memory (lora.host_embedding): the same trained state, the same evaluation
+    hosted = _main(path, str(tmp_path / "hosted"), stages, "--config.lora.host_embedding=True")
+    assert hosted["stages"]["pretrain"]["digest_out"] == report["stages"]["pretrain"]["digest_out"]
+    same = lambda points: [{k: v for k, v in p.items() if k != "from_cache"} for p in points]  # noqa: E731
+    assert same(hosted["points"]) == same(report["points"])  # the held-out answers and losses
+    for name in ("translation.en-xx.hyp.txt", "translation.xx-en.hyp.txt"):
+        with (
+            open(os.path.join(out, "eval", "final", name)) as a,
+            open(os.path.join(hosted["evals"]["final"]["dir"], name)) as b,
+        ):
+            assert a.read() == b.read()

@@ -19,6 +19,7 @@ import numpy as np
 from jaxtrans import sharding
 from jaxtrans.errors import JaxtransError, Preempted
 from jaxtrans.model import llama, nf4
+from jaxtrans.train import host_embedding
 from jaxtrans.view import ModelView
 
 __all__ = ["Preempted", "RunState", "digest", "on_host", "read_json", "write_json"]
@@ -54,13 +55,34 @@ class RunState:
 
     def view(self, trained: bool = True) -> ModelView:
         """The model with the current adapters, or (``trained=False``) the frozen chat model itself."""
+        base = self._device_base()
         if not trained or self.trainable is None:
             frozen = llama.Adapters(quantized=self.adapters.quantized, quantized_head=self.adapters.quantized_head)
-            return ModelView(self.model_cfg, frozen, {"params": self.base}, self.base_tokenizer)
-        variables = {"params": self.base, **{k: v for k, v in self.trainable.items() if k != "base"}}
+            return ModelView(self.model_cfg, frozen, {"params": base}, self.base_tokenizer)
+        variables = {"params": base, **{k: v for k, v in self.trainable.items() if k != "base"}}
         if "base" in self.trainable:
-            variables["params"] = {**self.base, **self.trainable["base"]}
+            variables["params"] = {**base, **self.trainable["base"]}
         return ModelView(self.model_cfg, self.adapters, variables, self.tokenizer)
+
+    def embedding_to_host(self) -> None:
+        """``lora.host_embedding``: from the first train stage on (new-row inits have read the table) the frozen
+        embedding table is a host array; train steps get each batch's rows, views borrow a device copy."""
+        if isinstance(self.base[host_embedding.KEY], np.ndarray):
+            return
+        table = host_embedding.to_host(self.base[host_embedding.KEY])
+        self.base = {**self.base, host_embedding.KEY: table}
+        if self.float_base is not None:
+            self.float_base = {**self.float_base, host_embedding.KEY: table}
+
+    def _device_base(self) -> Any:
+        """The base with every table on the device: generation and evaluation read the table whole."""
+        table = self.base[host_embedding.KEY]
+        if not isinstance(table, np.ndarray):
+            return self.base
+        abstract = llama.abstract_params(self.model_cfg, self.adapters)
+        sh = sharding.logical_to_sharding(abstract, self.mesh)[host_embedding.KEY]
+        on_device = jax.make_array_from_callback(table.shape, sh, lambda index: table[index])
+        return {**self.base, host_embedding.KEY: on_device}
 
     def quantize_base(self, head: bool = False) -> None:
         """Store the frozen base as NF4 (QLoRA; ``head``: the LM head too), once; the float copy is freed.

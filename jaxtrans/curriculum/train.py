@@ -270,9 +270,12 @@ def run(state: RunState, name: str, stage: Any) -> None:
     if state.cfg.lora.quantized and not state.adapters.quantized:
         state.quantize_base(state.cfg.lora.get("quantize_head", False))  # after the vocab stage (float rows)
         state.report["points"].append(points.measure(state, "0_base_nf4", trained=False))
+    if state.cfg.lora.get("host_embedding", False):
+        state.embedding_to_host()
     trainer = Trainer(state.model_cfg, state.adapters, optim_config(stage), state.mesh,
                       modules_to_save=tuple(state.cfg.lora.modules_to_save),
-                      distill=distill_config(name, stage, state.cfg))  # fmt: skip
+                      distill=distill_config(name, stage, state.cfg),
+                      host_embedding=state.cfg.lora.get("host_embedding", False))  # fmt: skip
     init = _start(state, trainer, stage.get("start_from") or "")
     if stage.get("start_from"):
         state.trainable = init  # generated fields (self-translation) come from the state this branch starts at

@@ -356,12 +356,26 @@ class Llama(nn.Module):
         positions_bt: Array | None = None,
         cache: KVCache | None = None,
         last_logits_only: bool = False,
+        base_rows_btd: Array | None = None,
     ) -> tuple[Array, KVCache | None]:
-        """``last_logits_only`` returns logits [B, 1, V] of the last position (a prefill needs no others)."""
-        return self.forward(tokens_bt, segment_bt, positions_bt, cache, last_logits_only=last_logits_only)
+        """``last_logits_only`` returns logits [B, 1, V] of the last position (a prefill needs no others).
+
+        ``base_rows_btd``: the frozen embedding rows of ``tokens_bt``, looked up by
+        the caller (a table kept in host memory); the ``embedding`` parameter is
+        then neither read nor needed, unless the head is tied to it.
+        """
+        return self.forward(
+            tokens_bt, segment_bt, positions_bt, cache, last_logits_only=last_logits_only, base_rows_btd=base_rows_btd
+        )
 
     def loss(
-        self, tokens_bt: Array, segment_bt: Array, positions_bt: Array, targets_bt: Array, loss_mask_bt: Array
+        self,
+        tokens_bt: Array,
+        segment_bt: Array,
+        positions_bt: Array,
+        targets_bt: Array,
+        loss_mask_bt: Array,
+        base_rows_btd: Array | None = None,
     ) -> tuple[Array, Array]:
         """(sum of next-token losses where ``loss_mask_bt``, number of those tokens).
 
@@ -369,7 +383,9 @@ class Llama(nn.Module):
         at a time, each block rematerialised in the backward pass: the [T, V]
         logits, the largest activation of a LoRA step, are never whole.
         """
-        return self.forward(tokens_bt, segment_bt, positions_bt, loss=(targets_bt, loss_mask_bt))
+        return self.forward(
+            tokens_bt, segment_bt, positions_bt, loss=(targets_bt, loss_mask_bt), base_rows_btd=base_rows_btd
+        )
 
     @nn.compact
     def forward(
@@ -380,6 +396,7 @@ class Llama(nn.Module):
         cache: KVCache | None = None,
         last_logits_only: bool = False,
         loss: tuple[Array, Array] | None = None,
+        base_rows_btd: Array | None = None,
     ) -> Any:
         """The shared body of ``__call__`` (``loss`` None) and ``loss`` (targets and mask given)."""
         c = self.cfg
@@ -387,12 +404,14 @@ class Llama(nn.Module):
         segment_bt = (jnp.ones((b, t), jnp.int32) if segment_bt is None else segment_bt).astype(jnp.int32)
         if positions_bt is None:
             positions_bt = positions_from_segments(segment_bt)
-        embedding_vd = self.param(
-            "embedding", nn.with_logical_partitioning(_INIT, ("vocab", "embed")), (c.vocab_size, c.hidden_size),
-            c.param_dtype,
-        )  # fmt: skip
+        embedding_vd = None
+        if base_rows_btd is None or c.tie_embeddings:
+            embedding_vd = self.param(
+                "embedding", nn.with_logical_partitioning(_INIT, ("vocab", "embed")), (c.vocab_size, c.hidden_size),
+                c.param_dtype,
+            )  # fmt: skip
         new_embed_nd = self._new_rows("embedding", ("new_vocab", "embed"), (self.adapters.new_tokens, c.hidden_size))
-        x_btd = constrain_batch(self._embed(tokens_bt, embedding_vd, new_embed_nd))
+        x_btd = constrain_batch(self._embed(tokens_bt, embedding_vd, new_embed_nd, base_rows_btd))
         x_btd, cache = self._layers(x_btd, segment_bt, positions_bt, cache)
         if last_logits_only:
             x_btd = x_btd[:, -1:]
@@ -412,9 +431,13 @@ class Llama(nn.Module):
         init = nn.with_logical_partitioning(_INIT, axes)
         return self.variable("new_rows", name, lambda: init(self.make_rng("params"), shape, jnp.float32)).value
 
-    def _embed(self, tokens_bt: Array, embedding_vd: Array, new_embed_nd: Array | None) -> Array:
+    def _embed(
+        self, tokens_bt: Array, embedding_vd: Array | None, new_embed_nd: Array | None, base_rows_btd: Array | None
+    ) -> Array:
         c, n_new = self.cfg, self.adapters.new_tokens
-        x_btd = jnp.take(embedding_vd, jnp.minimum(tokens_bt, c.vocab_size - 1), axis=0).astype(c.dtype)
+        if base_rows_btd is None:
+            base_rows_btd = jnp.take(embedding_vd, jnp.minimum(tokens_bt, c.vocab_size - 1), axis=0)
+        x_btd = base_rows_btd.astype(c.dtype)
         if new_embed_nd is None:
             return x_btd
         new_btd = jnp.take(new_embed_nd, jnp.clip(tokens_bt - c.vocab_size, 0, n_new - 1), axis=0)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from jaxtrans import devices, stop
 from jaxtrans.errors import JaxtransError
+from jaxtrans.train import host_embedding
 from jaxtrans.train.checkpoint import Checkpointer
 from jaxtrans.train.step import Trainer, TrainState
 
@@ -107,6 +108,9 @@ def train(
 ) -> TrainState:
     """Train until ``loop.total_steps``, resuming from ``run_dir/checkpoints`` if it holds a step."""
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), loop.max_to_keep, loop.async_save)
+    table = None
+    if trainer.host_embedding:  # the step reads the rest; the loop gathers each batch's rows from the table
+        base, table = host_embedding.split(base)
     state = _initial_state(trainer, base, data, ckpt, init_trainable, seed)
     jitted_step = trainer.compiled_step(base)
     step_fn = None  # compiled ahead of time on the first batch
@@ -128,6 +132,9 @@ def train(
             step, bad_run = start, 0
             while step < loop.total_steps:
                 local = next(data)
+                if table is not None:
+                    rows = host_embedding.rows(table, local["tokens"], trainer.cfg.dtype)
+                    local = {**local, host_embedding.BATCH_KEY: rows}
                 batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
                 if step_fn is None:
                     step_fn = jitted_step.lower(state, base, batch).compile()

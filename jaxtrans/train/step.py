@@ -26,6 +26,7 @@ from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.config import ModelConfig
 from jaxtrans.model.loss import cross_entropy
+from jaxtrans.train import host_embedding
 from jaxtrans.train.distill import DistillConfig, divergence, split_mask, teacher_view
 from jaxtrans.train.optim import OptimConfig, frozen_placeholders, full_tree, make_optimizer, schedule
 
@@ -57,8 +58,16 @@ class Trainer:
     modules_to_save: tuple[str, ...] = ()
     # recovery KD at the logit level (rows whose loss mask is 2): see jaxtrans.train.distill
     distill: DistillConfig | None = None
+    # the frozen embedding table stays in host memory; each batch carries its rows (jaxtrans.train.host_embedding)
+    host_embedding: bool = False
 
     def __post_init__(self) -> None:
+        if self.host_embedding and (self.cfg.tie_embeddings or host_embedding.KEY in self.modules_to_save):
+            why = "the LM head is tied to it" if self.cfg.tie_embeddings else "lora.modules_to_save trains it"
+            raise JaxtransError(
+                f"lora.host_embedding keeps the frozen embedding table off the device, but {why}; "
+                "set lora.host_embedding=False"
+            )
         if self.distill is not None and self.cfg.loss_chunk:
             raise JaxtransError(
                 "recovery_logits needs the full logits of a micro-batch; set model.loss_chunk=0 for stages with it "
@@ -74,7 +83,19 @@ class Trainer:
         return make_optimizer(self.optim)
 
     def base_shardings(self) -> Any:
-        return shd.logical_to_sharding(llama.abstract_params(self.cfg, self.adapters), self.mesh, self.rules)
+        """Shardings of the frozen base the step reads (without the table kept on the host)."""
+        return shd.logical_to_sharding(self._abstract_base(), self.mesh, self.rules)
+
+    def _abstract_base(self) -> Any:
+        return self.device_base(llama.abstract_params(self.cfg, self.adapters))
+
+    def device_base(self, base: Any) -> Any:
+        """The part of the frozen base the step reads on the device: all of it, or all but the host-kept table."""
+        return {k: v for k, v in base.items() if k != host_embedding.KEY} if self.host_embedding else base
+
+    def batch_keys(self) -> tuple[str, ...]:
+        """The arrays of a batch: token ids and masks, and with ``host_embedding`` the tokens' embedding rows."""
+        return BATCH_KEYS + ((host_embedding.BATCH_KEY,) if self.host_embedding else ())
 
     def trainable_shardings(self) -> dict[str, Any]:
         return {k: shd.logical_to_sharding(v, self.mesh, self.rules) for k, v in self._abstract_trainable(True).items()}
@@ -85,7 +106,7 @@ class Trainer:
     def state_shardings(self) -> TrainState:
         """Shardings of a TrainState: optimizer moments follow their parameters, scalars are replicated."""
         trainable_sh = self.trainable_shardings()
-        base_abstract = nn.meta.unbox(llama.abstract_params(self.cfg, self.adapters))
+        base_abstract = nn.meta.unbox(self._abstract_base())
         opt_abstract = jax.eval_shape(self.tx.init, full_tree(base_abstract, self._abstract_trainable()))
         by_path = {tuple(k.key for k in path): s for path, s in jax.tree_util.tree_leaves_with_path(trainable_sh)}
         rep = shd.replicated(self.mesh)
@@ -117,6 +138,7 @@ class Trainer:
 
     def init_state(self, base: Any, seed: int = 0) -> TrainState:
         """Fresh adapters (B = 0), optimizer state over the full tree (nothing for the base), step 0."""
+        base = self.device_base(base)
         sh = self.trainable_shardings()
         trainable = llama.init_trainable(self.cfg, self.adapters, seed, {k: v for k, v in sh.items() if k != "base"})
         if self.modules_to_save:
@@ -127,7 +149,7 @@ class Trainer:
 
     def make_state(self, base: Any, trainable: dict[str, Any], seed: int = 0) -> TrainState:
         """A step-0 state around given trainable collections (e.g. handed over from a previous stage)."""
-        shardings = self.state_shardings()
+        shardings, base = self.state_shardings(), self.device_base(base)
         init = jax.jit(
             lambda b, t: TrainState(
                 step=jnp.zeros((), jnp.int32),
@@ -143,10 +165,11 @@ class Trainer:
         adapters = {k: v for k, v in trainable.items() if k != "base"}
         variables = {"params": {**base, **trainable.get("base", {})}, **adapters}
         args = (micro["tokens"], micro["segment_ids"], micro["positions"])
+        rows = {"base_rows_btd": micro.get(host_embedding.BATCH_KEY)}
         if self.distill is None:
             targets = (micro["targets"], micro["loss_mask"])
-            return self.model.apply(variables, *args, *targets, rngs={"dropout": rng}, method="loss")
-        logits, _ = self.model.apply(variables, *args, rngs={"dropout": rng})
+            return self.model.apply(variables, *args, *targets, **rows, rngs={"dropout": rng}, method="loss")
+        logits, _ = self.model.apply(variables, *args, **rows, rngs={"dropout": rng})
         vocab = self.cfg.vocab_size
         trained_bt, kd_bt = split_mask(micro["loss_mask"], micro["tokens"], micro["targets"], vocab)
         ce_sum, ce_n = cross_entropy(logits, micro["targets"], trained_bt)
@@ -155,14 +178,16 @@ class Trainer:
 
     def _distill_loss(self, base: Any, micro: dict[str, jax.Array], logits_btv: jax.Array, kd_bt: jax.Array) -> tuple:
         """The divergence from the frozen model at ``kd_bt``: the same base params, adapters and new rows off, no
-        gradient; it reads the row with the new-id tokens hidden (``distill.teacher_view``)."""
+        gradient; it reads the row with the new-id tokens hidden (``distill.teacher_view``). Host-gathered rows
+        serve it as they are: a hidden token's row reaches no other position."""
         vocab = self.cfg.vocab_size
         tokens = micro["tokens"]
         teacher_adapters = dataclasses.replace(self.adapters, lora=None, new_tokens=0, padding_rows=0)
 
         def teacher() -> jax.Array:
             view = teacher_view(tokens, micro["segment_ids"], micro["positions"], vocab)
-            out, _ = llama.Llama(self.cfg, teacher_adapters).apply({"params": base}, *view)
+            rows = micro.get(host_embedding.BATCH_KEY)
+            out, _ = llama.Llama(self.cfg, teacher_adapters).apply({"params": base}, *view, base_rows_btd=rows)
             return jax.lax.stop_gradient(out)
 
         shape = jax.eval_shape(teacher)
@@ -222,7 +247,7 @@ class Trainer:
         """The step as one ``jax.jit`` with explicit in/out shardings and the state donated."""
         state_sh = self.state_shardings()
         base_sh = jax.tree.map(lambda x: x.sharding, base)
-        batch_sh = {k: self.batch_sharding() for k in BATCH_KEYS}
+        batch_sh = {k: self.batch_sharding() for k in self.batch_keys()}
         rep = shd.replicated(self.mesh)
         return jax.jit(
             self.step_fn,
