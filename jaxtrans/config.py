@@ -30,7 +30,7 @@ def model_defaults() -> config_dict.ConfigDict:
             "path": "embedded:smollm2",  # HF dir, .gguf file, hub name, or embedded:smollm2
             "dtype": "float32",  # compute dtype
             "param_dtype": "float32",  # storage dtype of the frozen base
-            "remat": "none",  # none | full | save_dots
+            "remat": "none",  # none | full | save_dots | offload_residuals
             "loss_chunk": 0,  # >0: the training loss over this many positions at a time (long rows, big vocabularies)
             "mlp_chunk": 0,  # >0: the MLP over this many positions at a time: no [T, mlp] array exists whole
             # auto: the platform's flash kernel (Pallas on TPU, Pallas Triton on NVIDIA GPUs), the reference on CPU;

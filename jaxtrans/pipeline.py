@@ -34,6 +34,7 @@ from jaxtrans.errors import JaxtransError
 from jaxtrans.model import llama
 from jaxtrans.model.lora import LoraConfig
 from jaxtrans.pretrained import check_tokenizer
+from jaxtrans.timing import Clock
 
 __all__ = ["Preempted", "STAGE_KINDS", "check", "digest", "preflight", "register", "run"]
 
@@ -121,7 +122,7 @@ def _check_untied(cfg: Any) -> None:
         )
 
 
-def _load(cfg: Any, mesh: Any) -> RunState:
+def _load(cfg: Any, mesh: Any, clock: Clock) -> RunState:
     """The frozen chat model and its tokenizer, as the first stage sees them."""
     from jaxtrans.data.formats import Tags
     from jaxtrans.data.mixture import Language
@@ -139,7 +140,7 @@ def _load(cfg: Any, mesh: Any) -> RunState:
         ),
         float_base=model.params, base=model.params, base_tokenizer=tokenizer, tokenizer=tokenizer,
         adapters=llama.Adapters(lora=lora_config(cfg)), lang=Language(cfg.language.name, Tags(target=cfg.language.tag)),
-        out=cfg.output_dir,
+        out=cfg.output_dir, clock=clock,
     )  # fmt: skip
 
 
@@ -157,27 +158,32 @@ def _export(state: RunState) -> None:
 
 def run(cfg: Any) -> dict:
     """Run (or resume) the curriculum of ``cfg``; returns the report (also written as report.md / report.json)."""
+    clock = Clock(since_process_start=True)  # the report's time table: the whole command, imports included
     check(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     platforms.check_host_memory(list(mesh.devices.flat), cfg.model.remat)
-    preflight(cfg, mesh)
+    with clock.phase("check the config, data and tokenizer"):
+        preflight(cfg, mesh)
     with RunLock(cfg.output_dir):
-        return _run(cfg, mesh)
+        return _run(cfg, mesh, clock)
 
 
-def _run(cfg: Any, mesh: Any) -> dict:
+def _run(cfg: Any, mesh: Any, clock: Clock) -> dict:
     """The curriculum under the run directory's lock: settings checked against the results there, then run."""
     prints = identity.check(cfg, STAGE_KINDS, cfg.output_dir)  # before any weight is read
     write_json(os.path.join(cfg.output_dir, "config.json"), json.loads(cfg.to_json_best_effort()))
-    state = _load(cfg, mesh)
+    with clock.phase("load the model"):
+        state = _load(cfg, mesh, clock)
     state.report["points"] = [points.measure(state, "0_base", trained=False)]
     for name in cfg.curriculum:
         stop.check()  # SIGTERM: between stages
         stage = cfg.stages[name]
         kind = STAGE_KINDS[stage.kind]
         fresh = name in prints and identity.record(cfg.output_dir, name, prints[name])
+        clock.stage = name
         try:
-            kind.run(state, name, stage)
+            with clock.phase(getattr(kind, "PHASE", stage.kind)):
+                kind.run(state, name, stage)
         except BaseException:
             # a stage that failed before producing anything keeps no fingerprint, so the corrected command is
             # not refused as "made with other settings" (kinds without ``produced`` keep it, to be safe)
@@ -185,8 +191,11 @@ def _run(cfg: Any, mesh: Any) -> dict:
                 identity.forget(cfg.output_dir, name)
             raise
     state.report["model"], state.report["language"] = cfg.model.path, cfg.language.name
+    clock.stage = "end"
     if state.trainable is not None:
-        _export(state)
+        with clock.phase("export the adapter (PEFT)"):
+            _export(state)
+    state.report["time"] = clock.table()
     write_json(os.path.join(cfg.output_dir, "report.json"), state.report)
     if jax.process_index() == 0:
         from jaxtrans.eval.report import write_markdown

@@ -15,6 +15,7 @@ from tests.choice_data import FILENAME, write_choice_file
 from tests.conftest import COMPILE_CACHE_ENV, REPO, tiny_hf_model
 
 CONFIG = os.path.join(REPO, "tests", "tiny_pipeline.py")
+WALL: dict[str, float] = {}  # output_dir -> seconds the command took, as this test saw it
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,9 @@ def _main(model: str, out: str, *extra: str, timeout: int = 600, wait: bool = Tr
            **COMPILE_CACHE_ENV}  # fmt: skip
     if not wait:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    WALL[out] = time.perf_counter() - t0
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with open(os.path.join(out, "report.json")) as f:
         return json.load(f)
@@ -52,6 +55,28 @@ def _main(model: str, out: str, *extra: str, timeout: int = 600, wait: bool = Tr
 def full_run(tiny_model, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "out")
     return out, _main(tiny_model, out)
+
+
+def test_the_report_says_where_the_time_went_and_on_what_machine(full_run):
+    """report.md and eval.md carry a time table per stage and phase; its rows add up to the command's wall time."""
+    out, report = full_run
+    table = report["time"]
+    assert table["machine"].split(", ")[-1].startswith("jax ") and "cores" in table["machine"]
+    rows = {(r["stage"], r["phase"]): r for r in table["rows"]}
+    assert sum(r["seconds"] for r in table["rows"]) == pytest.approx(table["wall_s"], abs=0.05)
+    assert table["wall_s"] == pytest.approx(WALL[out], rel=0.05)  # the command as this test timed it
+    for name in ("pretrain", "translate", "transfer"):
+        steps = rows[(name, "train steps")]
+        assert steps["count"] > 0 and steps["positions"] > 0 and (name, "compile the step") in rows
+        assert (name, "held-out point") in rows
+    assert ("start", "load the model") in rows and ("start", "held-out point (original model)") in rows
+    assert any(phase.startswith("generate ") for _, phase in rows)  # recovery answers, translations
+    assert ("final", "evaluation (eval.md has its own time table)") in rows
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+        md = f.read()
+    assert f"Run on {table['machine']}" in md and "## Time" in md and "| transfer | train steps |" in md
+    with open(os.path.join(out, "eval", "final", "eval.md"), encoding="utf-8") as f:
+        assert "## Time of this evaluation" in f.read()
 
 
 def test_every_stage_kind_runs_and_hands_off(full_run):

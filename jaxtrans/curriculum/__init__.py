@@ -11,7 +11,9 @@ A stage kind is a module with four functions (see :class:`StageKind`):
   kept results as ``{dotted config key: value}`` (None for a kind that keeps
   none): a re-run with other settings is refused (``identity``).
 
-Optionally ``produced(out, name)``: whether the stage has left a result; a
+Optionally ``PHASE``: what the report's time table calls the stage's own work
+(what its nested phases, such as held-out points, do not claim; default: the
+kind's name); and ``produced(out, name)``: whether the stage has left a result; a
 stage that fails before producing one has its fingerprint removed, so the
 corrected command is not refused (a kind without it keeps the fingerprint).
 

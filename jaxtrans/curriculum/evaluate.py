@@ -36,6 +36,9 @@ def fingerprint(cfg: Any, name: str, stage: Any) -> None:
     return None
 
 
+PHASE = "evaluation (eval.md has its own time table)"
+
+
 def run(state: RunState, name: str, stage: Any) -> None:
     """Every process computes; process 0 writes into ``eval/NAME``."""
     from jaxtrans.curriculum.identity import flat, settings_hash

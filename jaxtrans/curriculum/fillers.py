@@ -41,6 +41,10 @@ def whole_sentences(text: str) -> str:
     return text
 
 
+_WHAT = {"answers": "the frozen model's answers", "to_target": "translations into the target language",
+         "to_english": "translations into English"}  # fmt: skip
+
+
 def _generator(state: RunState, view: ModelView, label: str, what: str, sentences: bool = False) -> Any:
     """Cached greedy answers of ``view`` (at most ``generation.max_new_tokens``, or the ``max_new_tokens`` a
     call gives); with ``sentences``, an answer that the cap ended is trimmed to its last whole sentence
@@ -55,7 +59,8 @@ def _generator(state: RunState, view: ModelView, label: str, what: str, sentence
         n = max_new_tokens or gen.max_new_tokens
         settings = f"{label}|{n}" + ("|whole-sentences" if sentences else "")
         path = os.path.join(state.out, "generated", f"{what}.jsonl")
-        return cached_generate(path, texts, functools.partial(batch_fn, n=n), settings, gen.batch_size, desc=what)
+        with state.clock.phase(f"generate {_WHAT.get(what, what)}"):
+            return cached_generate(path, texts, functools.partial(batch_fn, n=n), settings, gen.batch_size, desc=what)
 
     return fn
 

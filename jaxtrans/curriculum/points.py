@@ -53,6 +53,11 @@ def measure(state: RunState, label: str, trained: bool) -> dict:
     """Held-out losses and answers of the model as it stands (``trained``) or of the frozen base; a state
     measured before is reused, and the frozen base's numbers come from the cache across runs
     (``jaxtrans.eval.cache``): they depend only on the model, the data and the settings."""
+    with state.clock.phase(f"held-out point{'' if trained else ' (original model)'}"):
+        return _measure(state, label, trained)
+
+
+def _measure(state: RunState, label: str, trained: bool) -> dict:
     from jaxtrans.curriculum.identity import flat, settings_hash
     from jaxtrans.data.formats import Tags
     from jaxtrans.eval import cache

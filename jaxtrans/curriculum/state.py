@@ -19,6 +19,7 @@ import numpy as np
 from jaxtrans import sharding
 from jaxtrans.errors import JaxtransError, Preempted
 from jaxtrans.model import llama, nf4
+from jaxtrans.timing import Clock
 from jaxtrans.train import host_embedding
 from jaxtrans.view import ModelView
 
@@ -44,6 +45,7 @@ class RunState:
     trainable: dict | None = None
     ends: dict[str, Any] = dataclasses.field(default_factory=dict)  # train stage -> its final state (start_from)
     report: dict = dataclasses.field(default_factory=dict)
+    clock: Clock = dataclasses.field(default_factory=Clock)  # the run's time per stage and phase (report's table)
 
     _digest: tuple[Any, str] | None = None
 

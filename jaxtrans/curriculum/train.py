@@ -262,13 +262,17 @@ def produced(out: str, name: str) -> bool:
     return bool(steps) or os.path.isfile(os.path.join(stage_dir, NONFINITE))
 
 
+PHASE = "data (tokenise, mix, pack) and setup"
+
+
 def run(state: RunState, name: str, stage: Any) -> None:
     from jaxtrans.curriculum.identity import NONFINITE
     from jaxtrans.train.loop import LoopConfig, NonFiniteError, read_losses, train
     from jaxtrans.train.step import Trainer
 
     if state.cfg.lora.quantized and not state.adapters.quantized:
-        state.quantize_base(state.cfg.lora.get("quantize_head", False))  # after the vocab stage (float rows)
+        with state.clock.phase("NF4 quantisation of the base"):
+            state.quantize_base(state.cfg.lora.get("quantize_head", False))  # after the vocab stage (float rows)
         state.report["points"].append(points.measure(state, "0_base_nf4", trained=False))
     if state.cfg.lora.get("host_embedding", False):
         state.embedding_to_host()
@@ -288,7 +292,7 @@ def run(state: RunState, name: str, stage: Any) -> None:
         trained = train(
             trainer, state.base, _data(state, name, stage, reports), loop, stage_dir, init_trainable=init,
             eval_fn=_eval_fn(state), meta={"stage": name, "config": state.cfg.to_json_best_effort()},
-            seed=state.cfg.seed,
+            seed=state.cfg.seed, timed=state.clock.phase,
         )  # fmt: skip
     except NonFiniteError as e:  # recorded: a re-run with a lower rate retrains this stage (curriculum.identity)
         write_json(os.path.join(stage_dir, NONFINITE), {"step": e.step, "last_checkpoint": e.last_checkpoint})

@@ -79,6 +79,9 @@ def produced(out: str, name: str) -> bool:
     return os.path.isfile(os.path.join(out, "tokenizer", vx.REPORT))
 
 
+PHASE = "new tokenizer and new-row init"
+
+
 def run(state: RunState, name: str, stage: Any) -> None:
     from transformers import AutoTokenizer
 

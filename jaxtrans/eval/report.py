@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from jaxtrans import timing
 from jaxtrans.data.formats import Tags
 from jaxtrans.eval.measures import agreement
 from jaxtrans.infer.answer_formats import FORMATS
@@ -97,6 +98,8 @@ def eval_markdown(result: dict[str, Any], plots: Sequence[str] = ()) -> list[str
     """The lines of ``eval.md``: every metric before and after, then how each was measured."""
     before = result.get("baseline", {})
     lines = [f"# Evaluation{': ' + result['title'] if result.get('title') else ''}", ""]
+    if "time" in result:
+        lines += [f"Run on {result['time']['machine']}.", ""]
     lines += [f"![{p[:-4]}]({p})" for p in plots] + [""]
     lines += ["| metric | original | transferred | better |", "|---|---|---|---|"]
     for key, label, better in metrics(result):
@@ -112,6 +115,8 @@ def eval_markdown(result: dict[str, Any], plots: Sequence[str] = ()) -> list[str
             lines.append(f"\nTranslation {d}: `translation.{d}.hyp.txt` vs `.ref.txt` (BLEU tokenizer `{tok}`).")
     for p in result.get("answer_files", []):
         lines.append(f"\nFastChat answers (for `gen_judgment.py`): `{os.path.basename(p)}`")
+    if "time" in result:
+        lines += [""] + timing.markdown(result["time"], "## Time of this evaluation")
     return lines
 
 
@@ -334,10 +339,14 @@ def write_markdown(path: str, report: dict, tags: Tags = Tags(), samples: int = 
     """``report.md`` of a run (and its two plots beside it)."""
     where = os.path.dirname(os.path.abspath(path))
     lines = [f"# jaxtrans run report — {report.get('model', '')}", ""]
+    if "time" in report:
+        lines += [f"Run on {report['time']['machine']}; {len(report['time']['rows'])} timed phases below.", ""]
     _plot_run(where, report, tags)  # loss.png here, heldout.png in the held-out section
     lines += ["![loss](loss.png)", ""]
     lines += _outcome(report, tags) + _stages(report) + _points(report["points"], tags)
     lines += _samples(report["points"], tags, samples, report.get("language", ""))
     lines += _evals_and_use(report, where)
+    if "time" in report:
+        lines += timing.markdown(report["time"])
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

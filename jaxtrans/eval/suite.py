@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from jaxtrans import timing
 from jaxtrans.data import script
 from jaxtrans.data.sources import Source, read
 from jaxtrans.errors import JaxtransError
@@ -244,19 +245,30 @@ def evaluate(
     from jaxtrans.eval import cache, measures, report
 
     os.makedirs(out, exist_ok=True)
-    result: dict[str, Any] = {"title": title, **measure(view, tags, spec, out)}
+    clock = timing.Clock()
+    clock.stage = title
+    with clock.phase("the model evaluated"):
+        result: dict[str, Any] = {"title": title, **measure(view, tags, spec, out)}
     if baseline is not None:
         bspec = dataclasses.replace(spec, questions=(), model_id="")
-        compute = lambda: measure(baseline, Tags(), bspec, out, prefix="baseline.")  # noqa: E731
-        if baseline_model:
-            key = cache.baseline_key(baseline_model, (baseline.cfg, baseline.adapters), bspec, Tags(), "baseline.")
-            before = cache.cached(key, out, "baseline.", compute)
-        else:
-            before = compute()
+        computed = []
+
+        def compute() -> dict[str, Any]:
+            computed.append(True)
+            return measure(baseline, Tags(), bspec, out, prefix="baseline.")
+
+        with clock.phase("the original model") as note:
+            if baseline_model:
+                key = cache.baseline_key(baseline_model, (baseline.cfg, baseline.adapters), bspec, Tags(), "baseline.")
+                before = cache.cached(key, out, "baseline.", compute)
+            else:
+                before = compute()
+            note["count"] = len(computed)  # 0: its numbers came from the cache
         result["baseline"] = before
         if "en_answers" in before:
             result["en_agreement"] = measures.agreement(before["en_answers"], result["en_answers"])
     result.update(meta)
+    result["time"] = clock.table(other="other (setting up)")
     with open(os.path.join(out, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False, indent=1)
     report.write_eval(result, out)

@@ -10,11 +10,13 @@ never saved, so the last good checkpoint is what a restart resumes from.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 
 import jax
@@ -105,8 +107,13 @@ def train(
     eval_fn: Callable[[dict[str, Any]], dict[str, float]] | None = None,
     meta: dict[str, Any] | None = None,
     seed: int = 0,
+    timed: Callable[[str], ContextManager[dict[str, int]]] | None = None,
 ) -> TrainState:
-    """Train until ``loop.total_steps``, resuming from ``run_dir/checkpoints`` if it holds a step."""
+    """Train until ``loop.total_steps``, resuming from ``run_dir/checkpoints`` if it holds a step.
+
+    ``timed`` (a :meth:`jaxtrans.timing.Clock.phase`) is told the steps, the step's compilation and held-out
+    evaluations apart."""
+    timed = timed or _untimed
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), loop.max_to_keep, loop.async_save)
     table = None
     if trainer.host_embedding:  # the step reads the rest; the loop gathers each batch's rows from the table
@@ -124,6 +131,7 @@ def train(
 
     try:
         with (
+            timed("train steps") as note,
             stop.installed(),
             tqdm(
                 total=loop.total_steps, initial=start, desc=loop.desc, disable=not loop.progress or not writer.active
@@ -137,11 +145,13 @@ def train(
                     local = {**local, host_embedding.BATCH_KEY: rows}
                 batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
                 if step_fn is None:
-                    step_fn = jitted_step.lower(state, base, batch).compile()
+                    with timed("compile the step"):
+                        step_fn = jitted_step.lower(state, base, batch).compile()
                     flops = _step_flops(trainer, batch["tokens"].shape)
                 t0 = time.perf_counter()
                 state, metrics = step_fn(state, base, batch)
                 step += 1
+                note["count"], note["positions"] = step - start, (step - start) * batch["tokens"].size
                 bad_run = 0 if bool(jax.device_get(metrics["finite"])) else bad_run + 1
                 metrics = _step_metrics(metrics, time.perf_counter() - t0, flops, step, ckpt, bad_run, loop)
                 if step % loop.log_every == 0 or step == loop.total_steps:
@@ -149,17 +159,24 @@ def train(
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                 bar.update(1)
                 if eval_fn is not None and loop.eval_every and step % loop.eval_every == 0:
-                    writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})
+                    with timed("held-out loss (eval_every)"):
+                        writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})
                 if step % loop.save_every == 0 or step == loop.total_steps or stop.requested():
                     save(state)
                 if stop.requested():
                     break
         if eval_fn is not None and not loop.eval_every and step > start:
-            writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})
+            with timed("held-out loss (end of stage)"):
+                writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})
     finally:
         ckpt.close()
         writer.close()
     return state
+
+
+@contextlib.contextmanager
+def _untimed(what: str) -> Iterator[dict[str, int]]:
+    yield {"count": 1, "positions": 0}
 
 
 def _initial_state(
