@@ -11,6 +11,12 @@ Variants (``--config configs/bailong_zh_hant.py:VARIANT``):
 
 * ``llama2_7b`` (default): Llama-2-7b (hub) with zh-Hant Wikipedia and an
   instruction set; point the sources at your own data as needed.
+* ``llama31_8b``, ``qwen3_8b``: the same method on Llama-3.1-8B-Instruct and
+  Qwen3-8B. Their vocabularies (128k and 152k rows) already hold common
+  Chinese characters and words, which Llama-2's 32k did not, so the extension
+  is smaller (8,000 and 4,000 new tokens: mostly Traditional-only words);
+  measure the fertility on your corpus (``python -m jaxtrans.vocab``) before a
+  long run. Full remat and the loss 512 positions at a time.
 * ``local``: the embedded SmolLM2 (tied embeddings) with the Chinese XQuAD
   paragraphs and Alpaca samples from ``../shared/data``, scaled down for a CPU.
   XQuAD's Chinese is **Simplified** (and ``../shared/data`` has no Traditional
@@ -34,23 +40,33 @@ from jaxtrans.errors import JaxtransError
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 
 
+# the hub models this recipe is stated for: the variant name -> (model, new tokens of the vocab stage)
+HUB_MODELS = {
+    "llama2_7b": ("meta-llama/Llama-2-7b-hf", 27000),  # Bailong's base and extension
+    "llama31_8b": ("meta-llama/Llama-3.1-8B-Instruct", 8000),
+    "qwen3_8b": ("Qwen/Qwen3-8B", 4000),
+}
+
+
 def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
     cfg = run_defaults()
     cfg.language = config_dict.ConfigDict({"code": "zh_hant", "name": "Traditional Chinese", "tag": "<ZH>"})
     cfg.lora = lora_defaults(rank=64, alpha=16.0, dropout=0.1, targets="all-linear", quantized=True)
     cfg.translator.model = "none"  # Bailong trains on given data only
     cfg.curriculum = ("vocab", "pretrain", "instruct")
-    if variant == "llama2_7b":
-        cfg.output_dir = "runs/bailong_zh_hant"
-        cfg.model.path = "meta-llama/Llama-2-7b-hf"
+    if variant in HUB_MODELS:
+        cfg.output_dir = "runs/bailong_zh_hant" + ("" if variant == "llama2_7b" else f"_{variant}")
+        cfg.model.path, new_tokens = HUB_MODELS[variant]
         cfg.model.dtype = "bfloat16"
         cfg.model.param_dtype = "bfloat16"
         cfg.model.remat = "save_dots"
+        if variant != "llama2_7b":
+            cfg.model.remat, cfg.model.loss_chunk = "full", 512
         text = source("hf:wikimedia/wikipedia:20231101.zh", streaming=True)
         cfg.stages = config_dict.ConfigDict(
             {
-                "vocab": vocab_stage(source("hf:wikimedia/wikipedia:20231101.zh", limit=500_000), new_tokens=27000,
-                                     special_tokens=(), init="zip_tie"),
+                "vocab": vocab_stage(source("hf:wikimedia/wikipedia:20231101.zh", limit=500_000),
+                                     new_tokens=new_tokens, special_tokens=(), init="zip_tie"),
                 "pretrain": train_stage({"text": component("pretrain", text)}, steps=20000, learning_rate=2e-4,
                                         warmup_steps=200, seq_len=2048, batch_size=64, streaming=True),
                 "instruct": train_stage(
@@ -86,6 +102,8 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
         cfg.eval.target_text = paragraphs(limit=20)
         cfg.eval.en_text = source(xquad.format("en"), explode="paragraphs", columns={"text": "context"}, limit=20)
     else:
-        raise JaxtransError(f"unknown variant {variant!r} of configs/bailong_zh_hant.py; use llama2_7b or local")
+        raise JaxtransError(
+            f"unknown variant {variant!r} of configs/bailong_zh_hant.py; use {', '.join(HUB_MODELS)} or local"
+        )
     cfg.lock()
     return cfg

@@ -9,6 +9,10 @@ Variants (``--config configs/taco_nepali.py:VARIANT``):
 
 * ``llama2_7b`` (default): Llama-2-7b-chat from the hub with TaCo's released
   data (``saillab/taco-datasets``) and FLORES-200 pairs; bf16.
+* ``llama31_8b``, ``qwen3_8b``: the same recipe on Llama-3.1-8B-Instruct and
+  Qwen3-8B (thinking off in every prompt and trained answer), full remat and
+  the loss 512 positions at a time (128k- and 152k-row vocabularies: the
+  [T, V] logits would be the largest activation of the step).
 * ``local``: the embedded SmolLM2 with the files in ``../shared/data`` (FLORES
   v1 en-ne pairs; TaCo targets for 68 Nepali Vicuna questions, their English
   answers by the frozen model and their Nepali answers by the model itself
@@ -27,16 +31,26 @@ from jaxtrans.errors import JaxtransError
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 
 
+# the hub chat models this recipe is stated for: the variant name -> model
+HUB_MODELS = {
+    "llama2_7b": "meta-llama/Llama-2-7b-chat-hf",  # the paper's base
+    "llama31_8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "qwen3_8b": "Qwen/Qwen3-8B",
+}
+
+
 def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
     cfg = run_defaults()
     cfg.language = config_dict.ConfigDict({"code": "ne", "name": "Nepali", "tag": "<NE>"})
     cfg.lora = lora_defaults(rank=32, alpha=64.0, dropout=0.05, targets="q,k,v,o")
     cfg.curriculum = ("translate", "taco")
-    if variant == "llama2_7b":
-        cfg.output_dir = "runs/taco_nepali"
-        cfg.model.path = "meta-llama/Llama-2-7b-chat-hf"
+    if variant in HUB_MODELS:
+        cfg.output_dir = "runs/taco_nepali" + ("" if variant == "llama2_7b" else f"_{variant}")
+        cfg.model.path = HUB_MODELS[variant]
         cfg.model.dtype = cfg.model.param_dtype = "bfloat16"
         cfg.model.remat = "save_dots"
+        if variant != "llama2_7b":
+            cfg.model.remat, cfg.model.loss_chunk = "full", 512
         pairs = source(
             "hf:openlanguagedata/flores_plus:npi_Deva", split="dev", columns={"src": "eng_text", "tgt": "text"}
         )
@@ -86,6 +100,8 @@ def get_config(variant: str = "llama2_7b") -> config_dict.ConfigDict:
         cfg.eval.target_prompts = source(vicuna, columns={"prompt": "ne"}, limit=12)
         cfg.eval.target_max_new_tokens = 224  # instruction, English answer and Nepali answer
     else:
-        raise JaxtransError(f"unknown variant {variant!r} of configs/taco_nepali.py; use llama2_7b or local")
+        raise JaxtransError(
+            f"unknown variant {variant!r} of configs/taco_nepali.py; use {', '.join(HUB_MODELS)} or local"
+        )
     cfg.lock()
     return cfg

@@ -149,6 +149,8 @@ def _embedded(cfg: config_dict.ConfigDict) -> None:
     cfg.eval.en_text = source("embedded:mtbench_questions", columns={"text": "turns.1"}, limit=40)
     cfg.eval.en_prompts = source("embedded:mtbench_questions", skip=72)
     cfg.eval.target_prompts = source("embedded:thai_word_tcot", limit=24, columns={"prompt": "query"})
+    # the format on real questions, unlike the loanword template above (the report gives both rates)
+    cfg.eval.target_questions = source("embedded:thai_questions", limit=12)
     cfg.eval.max_new_tokens = 40
     cfg.eval.target_max_new_tokens = 112
 

@@ -319,8 +319,8 @@ def run_defaults() -> config_dict.ConfigDict:
     # held-out measurements before training and after every train stage (jaxtrans.curriculum.points), in the
     # eval suite's vocabulary; loop_texts: how many target texts ``eval_every`` measures inside a stage
     cfg.eval = config_dict.ConfigDict(
-        {"target_text": None, "en_text": None, "en_prompts": None, "target_prompts": None, "max_new_tokens": 64,
-         "loop_texts": 32}
+        {"target_text": None, "en_text": None, "en_prompts": None, "target_prompts": None, "target_questions": None,
+         "max_new_tokens": 64, "loop_texts": 32}
     )  # fmt: skip
     # multi-host: empty = single process, or what the cluster (TPU VM, SLURM) or JAXTRANS_* variables say
     cfg.distributed = config_dict.ConfigDict(

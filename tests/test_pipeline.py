@@ -79,6 +79,18 @@ def test_the_report_says_where_the_time_went_and_on_what_machine(full_run):
         assert "## Time of this evaluation" in f.read()
 
 
+def test_the_report_gives_the_format_rate_on_real_questions_apart(full_run):
+    """``eval.target_questions`` (real Thai questions, not the training template): their own rate and samples."""
+    out, report = full_run
+    last = report["points"][-1]
+    assert 0 <= last["tcot_format_rate_questions"] <= 1 and len(last["target_question_answers"]) == 2
+    assert "tcot_format_rate_questions" in report["points"][0]  # the original model's too
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+        md = f.read()
+    assert "format rate on real target-language questions" in md
+    assert "## Samples: Real target-language questions" in md
+
+
 def test_every_stage_kind_runs_and_hands_off(full_run):
     out, report = full_run
     stages = report["stages"]
@@ -207,8 +219,10 @@ def test_a_new_stage_kind_is_one_module_and_one_registration(tiny_model, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "config", ["thai.py", "thai.py:local", "thai.py:llama2_7b", "taco_nepali.py", "taco_nepali.py:local",
-               "bailong_zh_hant.py", "bailong_zh_hant.py:local"],
+    "config", ["thai.py", "thai.py:local", "thai.py:llama2_7b", "thai.py:llama31_8b", "thai.py:qwen3_8b",
+               "taco_nepali.py", "taco_nepali.py:local", "taco_nepali.py:llama31_8b", "taco_nepali.py:qwen3_8b",
+               "bailong_zh_hant.py", "bailong_zh_hant.py:local", "bailong_zh_hant.py:llama31_8b",
+               "bailong_zh_hant.py:qwen3_8b"],
 )  # fmt: skip
 def test_every_shipped_config_passes_its_checks(config, shared_data):
     """Each recipe's values, and (local and embedded variants) its local data, read the way a run reads them:
@@ -217,10 +231,11 @@ def test_every_shipped_config_passes_its_checks(config, shared_data):
 
     from jaxtrans import pipeline, sharding
     from jaxtrans.config import load_file
+    from jaxtrans.plan import PRESETS
 
     cfg = load_file(os.path.join(REPO, "configs", config))
     pipeline.check(cfg)
-    if not cfg.model.path.startswith("meta-llama/"):  # the hub models' tokenizers would need the network
+    if cfg.model.path not in PRESETS:  # the hub models' tokenizers would need the network
         counts = pipeline.preflight(cfg, sharding.make_mesh(1, 1, 1, jax.devices()[:1]))  # one CPU device
         assert counts and all(n > 0 for n in counts.values())
 

@@ -73,6 +73,7 @@ def get_config(model_dir: str) -> config_dict.ConfigDict:
     cfg.eval.target_text = source(thaigov, skip=200, limit=4)
     cfg.eval.en_prompts = source(_d("eval-vicuna", "question.jsonl"), columns={"prompt": "turns.0"}, limit=4)
     cfg.eval.target_prompts = source(_d("eval-vicuna-th", "vicuna_th.jsonl"), columns={"prompt": "th"}, limit=3)
+    cfg.eval.target_questions = source("embedded:thai_questions", limit=2)
     cfg.eval.max_new_tokens = 6
     cfg.output_dir = "runs/tiny"
     cfg.lock()

@@ -20,7 +20,7 @@ from jaxtrans.curriculum.state import RunState, read_json, write_json
 from jaxtrans.eval.suite import EvalSpec
 
 _NOT_SPEC = ("loop_texts",)  # cfg.eval keys that are not EvalSpec fields
-_PROMPTS = ("en_prompts", "target_prompts")
+_PROMPTS = ("en_prompts", "target_prompts", "target_questions")
 
 
 def spec(cfg: Any) -> EvalSpec:

@@ -14,6 +14,8 @@ thai_word_tcot      TCOT records built from those pairs with three fixed Thai/En
 mtbench_questions   MT-bench's 80 English first-turn questions (``nvidia-mtbench-``       Apache-2.0
                     ``evaluator`` wheel, FastChat's data)
 sharegpt_dummy      FastChat's 500 ShareGPT-format plumbing conversations (same wheel)   Apache-2.0
+thai_questions      24 real Thai questions written for this project (not templated;      (this project)
+                    ``jaxtrans.data.thai_questions``)
 ==================  ===================================================================  ==============
 
 Records come with ``_where`` like every source (file:line of the packaged file).
@@ -83,6 +85,13 @@ def _mtbench_questions() -> Iterator[tuple[str, Any]]:
             yield f"{path}:{lineno}", {"prompt": rec["turns"][0], "category": rec["category"], **rec}
 
 
+def _thai_questions() -> Iterator[tuple[str, Any]]:
+    from jaxtrans.data.thai_questions import QUESTIONS
+
+    for i, question in enumerate(QUESTIONS):
+        yield f"jaxtrans.data.thai_questions: question {i + 1}", {"prompt": question}
+
+
 def _sharegpt_dummy() -> Iterator[tuple[str, Any]]:
     path = _file(_MTBENCH, f"{_FASTCHAT}/data/dummy_conversation.json")
     with open(path, encoding="utf-8") as f:
@@ -95,6 +104,7 @@ DATASETS = {
     "thai_english_words": _thai_english_words,
     "thai_word_tcot": _thai_word_tcot,
     "mtbench_questions": _mtbench_questions,
+    "thai_questions": _thai_questions,
     "sharegpt_dummy": _sharegpt_dummy,
 }
 

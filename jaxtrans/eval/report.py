@@ -28,6 +28,10 @@ SCALARS = (
     ("fertility.tokens_per_char", "target tokens per character", "lower"),
     ("en_agreement.chrf", "English answers: chrF vs original", "higher"),
     *((f"{k}_format_rate", f"{f.label} format rate (target prompts)", "higher") for k, f in FORMATS.items()),
+    *(
+        (f"{k}_format_rate_questions", f"{f.label} format rate (real target-language questions)", "higher")
+        for k, f in FORMATS.items()
+    ),
 )
 
 
@@ -244,8 +248,14 @@ def _outcome(report: dict, tags: Tags) -> list[str]:
     if key in last:
         form, n = FORMATS[name], len(last.get("target_answers", []))
         lines.append(
-            f"- {form.label} format rate on held-out target-language prompts: {fmt(last[key])} "
+            f"- {form.label} format rate on held-out target-language prompts (`eval.target_prompts`): {fmt(last[key])} "
             f"({round(last[key] * n)}/{n} answers with {form.shape(tags, report.get('language', ''))})"
+        )
+    if f"{key}_questions" in last:
+        rate, n = last[f"{key}_questions"], len(last.get("target_question_answers", []))
+        lines.append(
+            f"- {FORMATS[name].label} format rate on real target-language questions, unlike the prompts above "
+            f"(`eval.target_questions`): {fmt(rate)} ({round(rate * n)}/{n})"
         )
     losses = [(p["label"], p["target_nats_per_char"]) for p in points if "target_nats_per_char" in p]
     if len(losses) > 1:
@@ -303,7 +313,9 @@ def _rate(p: dict) -> str:
 def _samples(points: list[dict], tags: Tags, samples: int, language: str) -> list[str]:
     base, last, lines = points[0], points[-1], []
     form = FORMATS[_format(last)[0]]
-    for key, title in (("en_answers", "English prompts"), ("target_answers", "Target-language prompts")):
+    titles = (("en_answers", "English prompts"), ("target_answers", "Target-language prompts"),
+              ("target_question_answers", "Real target-language questions"))  # fmt: skip
+    for key, title in titles:
         if key not in base or key not in last:
             continue
         lines += ["", f"## Samples: {title} (first {samples})", "",
@@ -312,7 +324,7 @@ def _samples(points: list[dict], tags: Tags, samples: int, language: str) -> lis
             cut_before, cut_after = (" ⟨cut⟩" if i in p.get(f"{key}_cut", ()) else "" for p in (base, last))
             lines.append(f"**{i + 1}.** before: {base[key][i]!r}{cut_before}")
             after = last[key][i]
-            part = form.answer(after, tags, language) if key == "target_answers" else None
+            part = form.answer(after, tags, language) if key != "en_answers" else None
             shown = part if part is not None else after
             lines.append(f"   after: {shown!r}{cut_after}" + ("" if shown == after else f" (full: {after!r})"))
             lines.append("")

@@ -70,6 +70,8 @@ class EvalSpec:
     pairs: Source | None = None
     en_prompts: Source | None = None
     target_prompts: Source | None = None
+    # real target-language questions (not the training template): their format rate is reported apart
+    target_questions: Source | None = None
     advbench: Source | None = None
     questions: tuple[Source, ...] = ()
     multiple_choice: tuple[ChoiceTask, ...] = ()
@@ -88,7 +90,7 @@ class EvalSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(d) - known:
             raise JaxtransError(f"eval stage keys {sorted(set(d) - known)} are unknown; use {', '.join(sorted(known))}")
-        for key in ("target_text", "en_text", "pairs", "en_prompts", "target_prompts", "advbench"):
+        for key in ("target_text", "en_text", "pairs", "en_prompts", "target_prompts", "target_questions", "advbench"):
             d[key] = Source.from_config(d[key]) if d.get(key) else None
         d["questions"] = tuple(Source.from_config(q) for q in (d.get("questions") or ()))
         d["multiple_choice"] = tuple(ChoiceTask.from_config(t) for t in (d.get("multiple_choice") or ()))
@@ -109,7 +111,8 @@ class EvalSpec:
     def sources(self) -> list[tuple[str, Source, tuple[str, ...]]]:
         """(name, source, required roles) of every data set given."""
         roles = {"target_text": ("text",), "en_text": ("text",), "pairs": ("english", "target"),
-                 "en_prompts": ("prompt",), "target_prompts": ("prompt",), "advbench": ("prompt",)}  # fmt: skip
+                 "en_prompts": ("prompt",), "target_prompts": ("prompt",), "target_questions": ("prompt",),
+                 "advbench": ("prompt",)}  # fmt: skip
         out = [(k, getattr(self, k), r) for k, r in roles.items() if getattr(self, k) is not None]
         out += [(f"mc:{t.name}", t.source, CHOICE_ROLES) for t in self.multiple_choice]
         return out + [(f"questions[{i}]", q, ("turns",)) for i, q in enumerate(self.questions)]
@@ -122,7 +125,8 @@ class EvalSpec:
             first = list(itertools.islice(read(src, roles), 200))
             if not first:
                 raise JaxtransError(f"eval data {name!r} ({src.path}) has no records")
-            role = {"target_text": "text", "pairs": "target", "target_prompts": "prompt"}.get(name)
+            role = {"target_text": "text", "pairs": "target", "target_prompts": "prompt",
+                    "target_questions": "prompt"}.get(name)  # fmt: skip
             if role:
                 script.check([r[role] for r in first], self.language, f"eval data {name!r} ({src.path})")
 
@@ -174,6 +178,13 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
                        "target_answers")  # fmt: skip
         result["target_answers"] = got
         result[f"{spec.answer_format}_format_rate"] = format_rate(got, spec.answer_format, tags, spec.language_name)
+    if spec.target_questions:  # the same check on questions unlike the training template
+        prompts = [r["prompt"] for r in spec.records("target_questions")]
+        got = _answers(view, prompts, spec.target_max_new_tokens or n, f"{prefix}target questions", result,
+                       "target_question_answers")  # fmt: skip
+        result["target_question_answers"] = got
+        rate = format_rate(got, spec.answer_format, tags, spec.language_name)
+        result[f"{spec.answer_format}_format_rate_questions"] = rate
     if spec.advbench:
         outs = _answers(view, [r["prompt"] for r in spec.records("advbench")], n, f"{prefix}AdvBench", result)
         result["advbench_refusal_rate"] = sum(refused(o) for o in outs) / len(outs)
