@@ -140,7 +140,7 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
     """Every metric ``spec`` asks for, on one model; files it writes start with ``prefix``."""
     from jaxtrans.data.formats import translate_prompt
     from jaxtrans.eval import choice, measures
-    from jaxtrans.infer.answer_formats import FORMATS, format_rate
+    from jaxtrans.infer.answer_formats import FORMATS
     from jaxtrans.vocab.fertility import fertility
 
     form = FORMATS[spec.answer_format]
@@ -172,19 +172,7 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
         prompts = [r["prompt"] for r in spec.records("en_prompts")]
         got = _answers(view, prompts, n, f"{prefix}English answers", result, "en_answers")
         result["en_answers"] = [form.english(a, tags, spec.language_name) or a for a in got]
-    if spec.target_prompts:  # kept whole (TCOT tags included): the report shows the target-language part
-        prompts = [r["prompt"] for r in spec.records("target_prompts")]
-        got = _answers(view, prompts, spec.target_max_new_tokens or n, f"{prefix}target answers", result,
-                       "target_answers")  # fmt: skip
-        result["target_answers"] = got
-        result[f"{spec.answer_format}_format_rate"] = format_rate(got, spec.answer_format, tags, spec.language_name)
-    if spec.target_questions:  # the same check on questions unlike the training template
-        prompts = [r["prompt"] for r in spec.records("target_questions")]
-        got = _answers(view, prompts, spec.target_max_new_tokens or n, f"{prefix}target questions", result,
-                       "target_question_answers")  # fmt: skip
-        result["target_question_answers"] = got
-        rate = format_rate(got, spec.answer_format, tags, spec.language_name)
-        result[f"{spec.answer_format}_format_rate_questions"] = rate
+    _target_answers(view, tags, spec, prefix, result)
     if spec.advbench:
         outs = _answers(view, [r["prompt"] for r in spec.records("advbench")], n, f"{prefix}AdvBench", result)
         result["advbench_refusal_rate"] = sum(refused(o) for o in outs) / len(outs)
@@ -198,6 +186,24 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
         _answer_file(view, tags, spec, spec.records(f"questions[{i}]", ("question_id",)), path)
         result.setdefault("answer_files", []).append(path)
     return result
+
+
+def _target_answers(view: Any, tags: Any, spec: EvalSpec, prefix: str, result: dict[str, Any]) -> None:
+    """Answers to ``target_prompts`` and to ``target_questions`` (real questions, unlike the training template),
+    kept whole (TCOT tags included: the report shows the target-language part), and their format rates."""
+    from jaxtrans.infer.answer_formats import format_rate
+
+    n = spec.target_max_new_tokens or spec.max_new_tokens
+    sets = (
+        ("target_prompts", "target_answers", "", "target answers"),
+        ("target_questions", "target_question_answers", "_questions", "target questions"),
+    )
+    for name, key, suffix, what in sets:
+        if getattr(spec, name):
+            prompts = [r["prompt"] for r in spec.records(name)]
+            got = result[key] = _answers(view, prompts, n, f"{prefix}{what}", result, key)
+            result[f"{spec.answer_format}_format_rate{suffix}"] = format_rate(got, spec.answer_format, tags,
+                                                                               spec.language_name)  # fmt: skip
 
 
 def _answers(view: Any, prompts: list[str], n: int, desc: str, result: dict, key: str = "") -> list[str]:

@@ -111,23 +111,16 @@ def train(
 ) -> TrainState:
     """Train until ``loop.total_steps``, resuming from ``run_dir/checkpoints`` if it holds a step.
 
-    ``timed`` (a :meth:`jaxtrans.timing.Clock.phase`) is told the steps, the step's compilation and held-out
-    evaluations apart."""
+    ``timed`` (a :meth:`jaxtrans.timing.Clock.phase`) times steps, compilation and held-out losses apart."""
     timed = timed or _untimed
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), loop.max_to_keep, loop.async_save)
-    table = None
-    if trainer.host_embedding:  # the step reads the rest; the loop gathers each batch's rows from the table
-        base, table = host_embedding.split(base)
+    # with host_embedding the step reads the rest of the base; the loop gathers each batch's rows from the table
+    base, table = host_embedding.split(base) if trainer.host_embedding else (base, None)
     state = _initial_state(trainer, base, data, ckpt, init_trainable, seed)
     jitted_step = trainer.compiled_step(base)
-    step_fn = None  # compiled ahead of time on the first batch
-    batch_sharding = trainer.batch_sharding()
-    flops = None
+    step_fn, flops = None, None  # compiled ahead of time on the first batch
     writer = MetricsWriter(run_dir)
     start = int(jax.device_get(state.step))
-
-    def save(st: TrainState) -> None:
-        ckpt.save(st, {"data": data.state(), **(meta or {})}, force=True)
 
     try:
         with (
@@ -139,39 +132,49 @@ def train(
         ):
             step, bad_run = start, 0
             while step < loop.total_steps:
-                local = next(data)
-                if table is not None:
-                    rows = host_embedding.rows(table, local["tokens"], trainer.cfg.dtype)
-                    local = {**local, host_embedding.BATCH_KEY: rows}
-                batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+                batch = _global_batch(trainer, next(data), table)
                 if step_fn is None:
                     with timed("compile the step"):
-                        step_fn = jitted_step.lower(state, base, batch).compile()
-                    flops = _step_flops(trainer, batch["tokens"].shape)
+                        step_fn, flops = jitted_step.lower(state, base, batch).compile(), _step_flops(trainer, batch)
                 t0 = time.perf_counter()
                 state, metrics = step_fn(state, base, batch)
                 step += 1
                 note["count"], note["positions"] = step - start, (step - start) * batch["tokens"].size
                 bad_run = 0 if bool(jax.device_get(metrics["finite"])) else bad_run + 1
                 metrics = _step_metrics(metrics, time.perf_counter() - t0, flops, step, ckpt, bad_run, loop)
-                if step % loop.log_every == 0 or step == loop.total_steps:
-                    writer.write(step, metrics)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-                bar.update(1)
+                _log(writer, bar, step, metrics, loop)
                 if eval_fn is not None and loop.eval_every and step % loop.eval_every == 0:
-                    with timed("held-out loss (eval_every)"):
-                        writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})
+                    _evaluate(writer, step, eval_fn, state, timed("held-out loss (eval_every)"))
                 if step % loop.save_every == 0 or step == loop.total_steps or stop.requested():
-                    save(state)
+                    ckpt.save(state, {"data": data.state(), **(meta or {})}, force=True)
                 if stop.requested():
                     break
         if eval_fn is not None and not loop.eval_every and step > start:
-            with timed("held-out loss (end of stage)"):
-                writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})
+            _evaluate(writer, step, eval_fn, state, timed("held-out loss (end of stage)"))
     finally:
         ckpt.close()
         writer.close()
     return state
+
+
+def _log(writer: Any, bar: Any, step: int, metrics: dict, loop: LoopConfig) -> None:
+    if step % loop.log_every == 0 or step == loop.total_steps:
+        writer.write(step, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+    bar.update(1)
+
+
+def _global_batch(trainer: Trainer, local: dict[str, np.ndarray], table: np.ndarray | None) -> dict[str, jax.Array]:
+    """This process's rows (and, with a host embedding table, their embedding rows) as one global batch."""
+    if table is not None:
+        local = {**local, host_embedding.BATCH_KEY: host_embedding.rows(table, local["tokens"], trainer.cfg.dtype)}
+    sharding = trainer.batch_sharding()
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def _evaluate(writer: Any, step: int, eval_fn: Callable, state: TrainState, timer: ContextManager) -> None:
+    with timer:
+        writer.write(step, {f"eval/{k}": v for k, v in eval_fn(state.trainable).items()})
 
 
 @contextlib.contextmanager
@@ -214,10 +217,10 @@ def _step_metrics(metrics: dict, seconds: float, flops: float | None, step: int,
     return metrics
 
 
-def _step_flops(trainer: Trainer, shape: tuple[int, ...]) -> float:
+def _step_flops(trainer: Trainer, batch: dict[str, jax.Array]) -> float:
     """FLOPs of one step over a global batch [accum, rows, length], counted from the shapes (``jaxtrans.costs``):
     XLA's cost analysis sees a scanned layer once, so an MFU from it would be low by about the layer count."""
     from jaxtrans.costs import step_flops
 
-    accum, rows, length = shape
+    accum, rows, length = batch["tokens"].shape
     return step_flops(trainer.cfg, trainer.adapters, accum * rows * length, length, trainer.modules_to_save).total
