@@ -48,6 +48,7 @@ class RunState:
     clock: Clock = dataclasses.field(default_factory=Clock)  # the run's time per stage and phase (report's table)
 
     _digest: tuple[Any, str] | None = None
+    _table_sharding: Any = None  # where a host-kept embedding table lived on the device (views put it back there)
 
     def state_digest(self) -> str:
         """digest() of the current trainable state, computed once per state (it gathers and hashes every array)."""
@@ -71,6 +72,7 @@ class RunState:
         embedding table is a host array; train steps get each batch's rows, views borrow a device copy."""
         if isinstance(self.base[host_embedding.KEY], np.ndarray):
             return
+        self._table_sharding = self.base[host_embedding.KEY].sharding
         table = host_embedding.to_host(self.base[host_embedding.KEY])
         self.base = {**self.base, host_embedding.KEY: table}
         if self.float_base is not None:
@@ -81,8 +83,7 @@ class RunState:
         table = self.base[host_embedding.KEY]
         if not isinstance(table, np.ndarray):
             return self.base
-        abstract = llama.abstract_params(self.model_cfg, self.adapters)
-        sh = sharding.logical_to_sharding(abstract, self.mesh)[host_embedding.KEY]
+        sh = self._table_sharding  # recorded when it left: no model trace per view
         on_device = jax.make_array_from_callback(table.shape, sh, lambda index: table[index])
         return {**self.base, host_embedding.KEY: on_device}
 
