@@ -82,3 +82,30 @@ def test_unrolled_decoding_with_lora_on_an_nf4_base_equals_the_scanned_one():
     sampling = SamplingConfig(max_new_tokens=6)
     scanned = generate(cfg, variables, prompts, sampling, adapters=adapters, scan_layers=True)
     assert generate(cfg, variables, prompts, sampling, adapters=adapters, scan_layers=False) == scanned
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_chunked_decoding_picks_generates_tokens_and_stops_rows(tmp_path, scan_layers):
+    """The server's path: a chunk at a time, per-row budgets and seeds, rows stopped between chunks."""
+    from jaxtrans.infer.generate import Decoding
+
+    _, path = tiny_hf_model(tmp_path, "llama")
+    model, _ = jaxtrans.load_pretrained(path, with_tokenizer=False)
+    variables, cfg = {"params": model.params}, model.config
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [3, 4, 5, 6, 7, 8, 9, 10, 11]]
+    greedy = SamplingConfig(max_new_tokens=16)
+    whole = generate(cfg, variables, prompts, greedy, stop_ids=[7])
+    dec = Decoding(cfg, variables, prompts, [16, 16, 16], [0, 1, 2], greedy, stop_ids=[7], scan_layers=scan_layers)
+    while not dec.done:
+        got = dec.step(5)
+    assert got == whole
+    dec = Decoding(cfg, variables, prompts, [3, 16, 16], [0, 1, 2], greedy, scan_layers=scan_layers)
+    first = dec.step(5)
+    dec.stop([1])
+    while not dec.done:
+        last = dec.step(5)
+    assert last[0] == whole[0][:3] and last[1] == first[1] == whole[1][:6] and last[2] == whole[2]  # 1 + 5 new
+    sampled = SamplingConfig(max_new_tokens=16, temperature=1.0)
+    twins = Decoding(cfg, variables, [prompts[0]] * 3, [16] * 3, [4, 4, 5], sampled, scan_layers=scan_layers)
+    rows = twins.step(16)
+    assert rows[0] == rows[1] != rows[2]  # a row's seed, not its place in the batch, decides its samples

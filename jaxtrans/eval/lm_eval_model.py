@@ -91,6 +91,16 @@ class JaxtransLM(TemplateLM):
         left = kwargs.get("left_truncate_len")
         return ids[-left:] if left else ids
 
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", "") or "jaxtrans").replace("/", "__")
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The tokenizer's chat template, as the HF backend applies it (thinking off, as jaxtrans renders)."""
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False, enable_thinking=False,
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)  # fmt: skip
+
     def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 

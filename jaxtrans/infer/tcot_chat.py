@@ -38,7 +38,10 @@ class Reply:
 
 
 class TcotChat:
-    """Multi-turn TCOT chat over any ``complete(prompt_ids) -> new ids`` function (see :meth:`from_view`)."""
+    """Multi-turn TCOT chat over any ``complete(prompt_ids) -> new ids`` function (see :meth:`from_view`).
+
+    The server (``jaxtrans.serve``) builds one per request, its history taken from the request's messages.
+    """
 
     def __init__(
         self,
@@ -53,6 +56,7 @@ class TcotChat:
         self.history: list[tuple[str, str]] = []  # (English query, English answer) of earlier turns
         self.system = system
         self.stops = set(stop_ids)
+        self._on_text: Callable[[str], None] | None = None
 
     @classmethod
     def from_view(cls, view: Any, max_new_tokens: int = 256, **kw: Any) -> TcotChat:
@@ -75,12 +79,23 @@ class TcotChat:
                      {"role": "assistant", "content": recovery_answer(en_a, self.tags)}]  # fmt: skip
         return msgs + [{"role": "user", "content": query}]
 
-    def _generate(self, prompt: list[int], prefix: str) -> str:
-        ids = prompt + (self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
-        text = decode_answer(self.tokenizer, self.complete(ids), self.stops)
+    def _text(self, prefix: str, new_ids: list[int]) -> str:
+        text = decode_answer(self.tokenizer, new_ids, self.stops)
         return f"{prefix} {text}" if prefix else text
 
-    def send(self, query: str) -> Reply:
+    def _generate(self, prompt: list[int], prefix: str) -> str:
+        ids = prompt + (self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
+        if self._on_text is None:
+            return self._text(prefix, self.complete(ids))
+        on_text = self._on_text
+        return self._text(prefix, self.complete(ids, on_ids=lambda new: on_text(self._text(prefix, new))))
+
+    def send(self, query: str, on_text: Callable[[str], None] | None = None) -> Reply:
+        """Answer ``query``; ``on_text`` (streaming) gets the whole raw text so far as it grows.
+
+        With ``on_text``, ``complete`` must take ``on_ids``: a callback for the new ids so far.
+        """
+        self._on_text = on_text
         prompt = render(self.tokenizer, self.messages(query), add_generation_prompt=True)
         text = self._generate(prompt, "")
         retries = 0
