@@ -81,3 +81,37 @@ def server(*args: str, log_path: str) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=30)
+
+
+def drive_page(url: str, question: str, screenshot: str) -> dict:
+    """The chat page in headless Chromium: type ``question``, wait for the streamed answer, switch the pivot on."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 640})
+            page.goto(url + "/", timeout=60_000)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            page.evaluate("""() => { window.pieces = 0; new MutationObserver(() => window.pieces++)
+                .observe(document.getElementById('log'), {subtree: true, characterData: true, childList: true}); }""")
+            page.fill("#q", question)
+            page.press("#q", "Enter")
+            page.wait_for_selector(".assistant[data-done='1']", timeout=600_000)
+            pivot = page.locator(".assistant .pivot").last
+            seen = {"model": page.inner_text("#model"), "mode": page.inner_text("#mode"),
+                    "pivot_shown_before": pivot.is_visible(), "streamed_pieces": page.evaluate("window.pieces"),
+                    "answer": page.locator(".assistant .answer").last.inner_text().strip()}  # fmt: skip
+            page.check("#show-pivot")
+            seen["pivot"] = pivot.inner_text().strip() if pivot.is_visible() else None
+            page.screenshot(path=screenshot, full_page=True)
+            return seen
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__":  # the docs' screenshot: python -m tests.serving URL QUESTION OUT.png
+    print(drive_page(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -217,35 +217,18 @@ def test_the_command_refuses_bad_flags_before_loading(tmp_path):
 
 
 def test_the_chat_page_in_headless_chromium(served, tmp_path):
-    """Type a Thai question, watch the answer stream in, show the English pivot; the screenshot is kept.
-
-    JAXTRANS_PAGE_SCREENSHOT=path also writes it there (docs/serve_page.png is made so, against a real run)."""
-    import os
+    """Type a Thai question, watch the answer stream in, show the English pivot (docs/serving.md's screenshot is
+    taken the same way, against a real run: ``python -m tests.serving``)."""
     import shutil
 
-    playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
+    pytest.importorskip("playwright.sync_api")
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    from tests.serving import drive_page
+
     url, question = served["tcot"], "ประเทศไทยมีกี่จังหวัด"
     want = _chat(url, question).json()["choices"][0]["message"]  # the same request as the page's, whole
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 640})
-            page.goto(url + "/", timeout=60_000)
-            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            assert page.inner_text("#model") == NAME and "TCOT" in page.inner_text("#mode")
-            page.fill("#q", question)
-            page.press("#q", "Enter")
-            page.wait_for_selector(".assistant[data-done='1']", timeout=300_000)
-            answer, pivot = page.locator(".assistant .answer"), page.locator(".assistant .pivot")
-            assert answer.inner_text().strip() == want["content"].strip() and not pivot.is_visible()
-            page.check("#show-pivot")
-            assert pivot.is_visible() and pivot.inner_text().strip() == want["reasoning_content"].strip()
-            shot = page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-            if os.environ.get("JAXTRANS_PAGE_SCREENSHOT"):
-                with open(os.environ["JAXTRANS_PAGE_SCREENSHOT"], "wb") as f:
-                    f.write(shot)
-        finally:
-            browser.close()
+    seen = drive_page(url, question, str(tmp_path / "page.png"))
+    assert seen["model"] == NAME and seen["mode"] == "TCOT" and not seen["pivot_shown_before"]
+    assert seen["answer"] == want["content"].strip() and seen["pivot"] == want["reasoning_content"].strip()
+    assert seen["streamed_pieces"] > 1 and (tmp_path / "page.png").stat().st_size > 10_000
