@@ -19,6 +19,8 @@ import socket
 
 from jaxtrans.errors import JaxtransError, number
 from jaxtrans.exits import guarded
+from jaxtrans.serve.app import Options
+from jaxtrans.serve.engine import CHUNK, MAX_BATCH, WINDOW_S
 from jaxtrans.view import add_allow_other_base
 
 
@@ -31,13 +33,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--api_key", default=os.environ.get("JAXTRANS_API_KEY"), help="require this bearer key on /v1")
     ap.add_argument("--served_name", default=None, help="the model id clients name (default: adapter or model)")
     ap.add_argument("--plain", action="store_true", help="no TCOT handling (ordinary chat models)")
-    ap.add_argument("--max_batch", type=int, default=8, help="requests decoded together")
-    ap.add_argument("--max_queue", type=int, default=32, help="requests held at once; more get 503")
-    ap.add_argument("--max_n", type=int, default=8, help="the largest n a request may ask for")
-    ap.add_argument("--max_tokens", type=int, default=512, help="new tokens when a request gives no max_tokens")
-    ap.add_argument("--temperature", type=float, default=0.0, help="when a request gives none (0: greedy)")
-    ap.add_argument("--window_ms", type=float, default=10.0, help="how long a batch waits for more requests")
-    ap.add_argument("--chunk", type=int, default=16, help="tokens decoded between two looks at the clients")
+    ap.add_argument("--max_batch", type=int, default=MAX_BATCH, help="requests decoded together")
+    ap.add_argument("--max_queue", type=int, default=Options.max_queue, help="requests held at once; more get 503")
+    ap.add_argument("--max_n", type=int, default=Options.max_n, help="the largest n a request may ask for")
+    ap.add_argument("--max_tokens", type=int, default=Options.max_tokens, help="when a request gives no max_tokens")
+    ap.add_argument("--temperature", type=float, default=Options.temperature, help="when a request gives none")
+    ap.add_argument("--window_ms", type=float, default=WINDOW_S * 1000, help="how long a batch waits for more")
+    ap.add_argument("--chunk", type=int, default=CHUNK, help="tokens decoded between two looks at the clients")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     add_allow_other_base(ap)
     return ap.parse_args(argv)
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         import uvicorn
 
         from jaxtrans.serve.answer import Answerer
-        from jaxtrans.serve.app import Options, create_app
+        from jaxtrans.serve.app import create_app
         from jaxtrans.serve.engine import Engine
         from jaxtrans.view import load_view
 

@@ -25,6 +25,7 @@ from jaxtrans.infer.generate import Decoding, SamplingConfig, per_layer
 from jaxtrans.view import ModelView
 
 NEW_TOKENS_BUCKET = 64  # cache lengths are rounded up to this many new tokens
+MAX_BATCH, WINDOW_S, CHUNK = 8, 0.01, 16  # the defaults of python -m jaxtrans.serve's --max_batch, --window_ms, --chunk
 
 
 class Cancelled(Exception):
@@ -62,7 +63,7 @@ def _pow2(n: int) -> int:
 class Engine:
     """The batcher: one thread, one model version, jobs batched by their :class:`Settings`."""
 
-    def __init__(self, view: ModelView, max_batch: int = 8, window_s: float = 0.01, chunk: int = 16):
+    def __init__(self, view: ModelView, max_batch: int = MAX_BATCH, window_s: float = WINDOW_S, chunk: int = CHUNK):
         self.view, self.max_batch, self.window_s, self.chunk = view, max_batch, window_s, chunk
         self.stop_ids = stop_token_ids(view.tokenizer)
         tok = view.tokenizer
