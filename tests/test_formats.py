@@ -220,3 +220,19 @@ def test_thinking_is_off_in_prompts_and_trained_answers(smollm2):
     assert prompt.endswith("<|im_start|>assistant\n<think></think>")
     ids, trained = encode_chat(tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
     assert tok.decode(ids[trained == 1]) == "Hello<|im_end|>\n"
+
+
+def test_the_pivot_is_scored_against_the_questions_own_english():
+    """``pivot_chrf_questions``: the <EN> query (TaCo: the English instruction) against the question's English."""
+    from jaxtrans.data.embedded import records
+    from jaxtrans.infer.answer_formats import pivot_chrf
+
+    english = ["Why is the sky blue?", "How many provinces does Thailand have?"]
+    same = [f"<EN> {e} <RESPONSE> An answer. <TH> คำตอบ" for e in english]
+    assert pivot_chrf(same, english, "tcot", Tags(), "Thai") == pytest.approx(100.0)
+    other = ["<EN> What does the English word 'telegram' mean? <RESPONSE> A message. <TH> ข้อความ", "no pivot"]
+    assert pivot_chrf(other, english, "tcot", Tags(), "Thai") < 30
+    taco = [f"Instruction in English: {e}\nResponse in English: A.\nResponse in Thai: ก" for e in english]
+    assert pivot_chrf(taco, english, "taco", Tags(), "Thai") == pytest.approx(100.0)
+    rows = [r for _, r in records("thai_questions")]
+    assert len(rows) == 24 and all(r["prompt"] and r["english"].endswith(("?", ".")) for r in rows)

@@ -85,9 +85,10 @@ def test_the_report_gives_the_format_rate_on_real_questions_apart(full_run):
     last = report["points"][-1]
     assert 0 <= last["tcot_format_rate_questions"] <= 1 and len(last["target_question_answers"]) == 2
     assert "tcot_format_rate_questions" in report["points"][0]  # the original model's too
+    assert 0 <= last["pivot_chrf_questions"] <= 100  # the <EN> queries against the questions' own English
     with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
         md = f.read()
-    assert "format rate on real target-language questions" in md
+    assert "format rate on real target-language questions" in md and "the English pivot on those questions" in md
     assert "## Samples: Real target-language questions" in md
 
 

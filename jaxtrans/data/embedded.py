@@ -86,10 +86,10 @@ def _mtbench_questions() -> Iterator[tuple[str, Any]]:
 
 
 def _thai_questions() -> Iterator[tuple[str, Any]]:
-    from jaxtrans.data.thai_questions import QUESTIONS
+    from jaxtrans.data.thai_questions import ENGLISH, QUESTIONS
 
-    for i, question in enumerate(QUESTIONS):
-        yield f"jaxtrans.data.thai_questions: question {i + 1}", {"prompt": question}
+    for i, (question, english) in enumerate(zip(QUESTIONS, ENGLISH, strict=True)):
+        yield f"jaxtrans.data.thai_questions: question {i + 1}", {"prompt": question, "english": english}
 
 
 def _sharegpt_dummy() -> Iterator[tuple[str, Any]]:

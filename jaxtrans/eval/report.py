@@ -32,6 +32,7 @@ SCALARS = (
         (f"{k}_format_rate_questions", f"{f.label} format rate (real target-language questions)", "higher")
         for k, f in FORMATS.items()
     ),
+    ("pivot_chrf_questions", "English pivot chrF vs each real question's English", "higher"),
 )
 
 
@@ -256,6 +257,12 @@ def _outcome(report: dict, tags: Tags) -> list[str]:
         lines.append(
             f"- {FORMATS[name].label} format rate on real target-language questions, unlike the prompts above "
             f"(`eval.target_questions`): {fmt(rate)} ({round(rate * n)}/{n})"
+        )
+    if "pivot_chrf_questions" in last:
+        lines.append(
+            f"- the English pivot on those questions: chrF {fmt(last['pivot_chrf_questions'])} against each "
+            "question's own English (100: the question restated exactly in English; low: the pivot is about "
+            "something else)"
         )
     losses = [(p["label"], p["target_nats_per_char"]) for p in points if "target_nats_per_char" in p]
     if len(losses) > 1:

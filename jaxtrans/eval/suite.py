@@ -191,7 +191,7 @@ def measure(view: Any, tags: Any, spec: EvalSpec, out: str, prefix: str = "") ->
 def _target_answers(view: Any, tags: Any, spec: EvalSpec, prefix: str, result: dict[str, Any]) -> None:
     """Answers to ``target_prompts`` and to ``target_questions`` (real questions, unlike the training template),
     kept whole (TCOT tags included: the report shows the target-language part), and their format rates."""
-    from jaxtrans.infer.answer_formats import format_rate
+    from jaxtrans.infer.answer_formats import format_rate, pivot_chrf
 
     n = spec.target_max_new_tokens or spec.max_new_tokens
     sets = (
@@ -200,10 +200,13 @@ def _target_answers(view: Any, tags: Any, spec: EvalSpec, prefix: str, result: d
     )
     for name, key, suffix, what in sets:
         if getattr(spec, name):
-            prompts = [r["prompt"] for r in spec.records(name)]
-            got = result[key] = _answers(view, prompts, n, f"{prefix}{what}", result, key)
+            rows = spec.records(name, ("english",))
+            got = result[key] = _answers(view, [r["prompt"] for r in rows], n, f"{prefix}{what}", result, key)
             result[f"{spec.answer_format}_format_rate{suffix}"] = format_rate(got, spec.answer_format, tags,
                                                                                spec.language_name)  # fmt: skip
+            if name == "target_questions" and all(r.get("english") for r in rows):  # the questions' own English
+                english = [r["english"] for r in rows]
+                result["pivot_chrf_questions"] = pivot_chrf(got, english, spec.answer_format, tags, spec.language_name)
 
 
 def _answers(view: Any, prompts: list[str], n: int, desc: str, result: dict, key: str = "") -> list[str]:

@@ -21,6 +21,7 @@ class AnswerFormat:
     in_format: Callable[[str, Tags, str], bool]  # (text, tags, language name)
     answer: Callable[[str, Tags, str], str | None]  # the target-language part, None when missing
     english: Callable[[str, Tags, str], str | None]  # the answer to an English prompt, None when missing
+    pivot: Callable[[str, Tags, str], str | None]  # the question restated in English, None when missing
 
 
 FORMATS = {
@@ -30,6 +31,7 @@ FORMATS = {
         lambda s, t, lang: tcot.in_format(s, t),
         lambda s, t, lang: tcot.parse(s, t).answer,
         lambda s, t, lang: tcot.parse(s, t).answer,  # of "<RESPONSE> answer", the recovery-KD shape
+        lambda s, t, lang: tcot.parse(s, t).en_query,
     ),
     "taco": AnswerFormat(
         "TaCo",
@@ -37,8 +39,18 @@ FORMATS = {
         lambda s, t, lang: taco.in_format(s, lang),
         lambda s, t, lang: taco.parse(s, lang).answer,
         lambda s, t, lang: taco.parse(s, lang).en_answer,
+        lambda s, t, lang: taco.parse(s, lang).en_instruction,
     ),
 }
+
+
+def pivot_chrf(texts: list[str], english: list[str], name: str, tags: Tags, language: str) -> float:
+    """Corpus chrF of the English restatements in ``texts`` (TCOT's ``<EN>`` query) against the questions' own
+    English: whether the pivot is the question asked (100: restated exactly; a missing one counts as empty)."""
+    import sacrebleu
+
+    get = FORMATS[name].pivot
+    return sacrebleu.corpus_chrf([get(s, tags, language) or "" for s in texts], [list(english)]).score
 
 
 def format_rate(texts: list[str], name: str, tags: Tags, language: str) -> float:
